@@ -1,0 +1,34 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="videosys",
+    version="0.1.0",
+    description="A unified inference system for text-to-video diffusion transformers with Pyramid Attention Broadcast",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["videosys", "videosys.*"]),
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.3",
+        "transformers>=4.40",
+        "diffusers>=0.30",
+        "einops>=0.7",
+        "omegaconf>=2.3",
+        "imageio>=2.31",
+        "imageio-ffmpeg>=0.4.9",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.23",
+        "tqdm>=4.60",
+        "sentencepiece>=0.1.99",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "flash": ["flash-attn>=2.5"],
+        "ray": ["ray>=2.20"],
+        "test": ["pytest>=7", "pytest-timeout>=2"],
+    },
+    entry_points={"console_scripts": ["videosys=videosys.cli:main"]},
+)

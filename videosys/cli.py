@@ -1,0 +1,128 @@
+"""The ``videosys`` command. Errors are one line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+logger = logging.getLogger("videosys.cli")
+
+EXIT_USAGE = 2
+
+
+def _slug(text: str, limit: int = 48) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:limit].rstrip("-") or "video"
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate one video from a prompt")
+    p.add_argument("prompt", help="the text prompt")
+    p.add_argument("--model", default="latte", help="registered model name (default: latte)")
+    p.add_argument("--weights", default=None, help="checkpoint folder or hub id (default: the model's bundled checkpoint)")
+    p.add_argument("--pab", default="none", help="PAB preset name, 'default', a YAML file, or 'none' (default: none)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (<= 1 disables CFG)")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--frames", type=int, default=None, help="number of frames")
+    p.add_argument("--height", type=int, default=None, help="height in pixels")
+    p.add_argument("--width", type=int, default=None, help="width in pixels")
+    p.add_argument("--fps", type=int, default=None, help="frames per second of the written video")
+    p.add_argument("--negative-prompt", default=None, help="negative prompt for CFG")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: the model's for the device)")
+    p.add_argument("-o", "--output", default=None, help="output .mp4, .gif, or a folder for PNG frames")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("models", help="list the registered models, their sizes and PAB presets")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videosys", description="Text-to-video inference with Pyramid Attention Broadcast")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    _add_models(sub)
+    return parser
+
+
+def _format_summary(result, path: Path) -> str:
+    lines = [f"model      {result.model}", f"prompt     {result.request.prompt!r} (seed {result.request.seed})"]
+    t = result.timings
+    lines.append(
+        "timings    " + ", ".join(f"{k} {t[k]:.2f}s" for k in ("text_encoder", "denoise", "vae_decode", "total") if k in t)
+    )
+    lines.append(f"pab        {result.request.pab.name}")
+    for kind, counts in result.pab_stats.items():
+        total = counts["computed"] + counts["broadcast"]
+        lines.append(f"  {kind:<9}{counts['broadcast']:>6} broadcast / {total:>6} calls")
+    lines.append(f"output     {path} ({result.num_frames} frames, {result.frames.shape[2]}x{result.frames.shape[1]}, {result.fps} fps)")
+    return "\n".join(lines)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .engine import VideoSysEngine
+
+    out = Path(args.output) if args.output else Path("outputs") / f"{_slug(args.prompt)}.mp4"
+    if out.suffix and out.suffix.lower() not in (".mp4", ".gif"):
+        raise ValueError(f"output: suffix {out.suffix!r} not allowed (allowed: .mp4, .gif, or a folder for PNG frames)")
+    engine = VideoSysEngine(model=args.model, weights=args.weights, device=args.device, dtype=args.dtype,
+                            pab=args.pab, progress=not args.no_progress)
+    overrides = {
+        "steps": args.steps, "guidance": args.guidance, "seed": args.seed, "frames": args.frames,
+        "height": args.height, "width": args.width, "fps": args.fps, "negative_prompt": args.negative_prompt,
+    }
+    engine.make_request(args.prompt, **overrides)  # validate before loading any weights
+    result = engine.generate(args.prompt, **overrides)
+    path = result.save(out)
+    if args.json:
+        print(json.dumps({**result.summary(), "output": str(path)}, indent=2))
+    else:
+        print(_format_summary(result, path))
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .registry import default_registry
+
+    registry = default_registry()
+    for name in registry.names():
+        config = registry.get(name).load_config()
+        s = config.sampling
+        presets = ", ".join(sorted(config.pab.presets)) + (f" (default {config.pab.default})" if config.pab.default else "")
+        print(f"{name}: {config.description}")
+        print(f"  sizes {config.allowed.describe_sizes()}; frames {', '.join(map(str, config.allowed.frames))}; "
+              f"{s.steps} steps, guidance {s.guidance}")
+        print(f"  weights: default {config.weights_default}, official {config.weights_official}")
+        print(f"  PAB presets: {presets}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    commands = {"generate": _cmd_generate, "models": _cmd_models}
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        print("videosys: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        # VideoSysError subclasses are ValueError / FileNotFoundError: one line, no traceback.
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"videosys: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

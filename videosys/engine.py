@@ -1,0 +1,149 @@
+"""VideoSysEngine: the one object users hold. It owns the registry lookup, the model config, the default
+PAB setting and the executor, and validates every request before any model work."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence, overload
+
+import torch
+
+from .errors import RequestError, VideoSysError
+from .io.checkpoint import resolve_checkpoint
+from .pab import PABConfig, PABConfigError, resolve_pab
+from .registry import ModelRegistry, default_registry
+from .request import GenerationRequest, build_request
+from .result import GenerationResult
+from .runtime import Executor, LocalExecutor
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RequestError("device", device, "cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise RequestError("device", device, "cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RequestError("device", device, "cpu (no CUDA device is visible)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RequestError("device", device, f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, default: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise RequestError("dtype", str(dtype), "float16, bfloat16, float32")
+        return dtype
+    name = default if dtype is None else str(dtype).lower().removeprefix("torch.")
+    if name not in _DTYPES:
+        raise RequestError("dtype", dtype, "float16, bfloat16, float32 (or fp16, bf16, fp32)")
+    return _DTYPES[name]
+
+
+class VideoSysEngine:
+    """Generate videos with one registered model.
+
+    ``weights`` is a local checkpoint folder or a hub id (hub only when online); ``None`` takes the model's
+    bundled default. ``pab`` is the default PAB setting of requests: ``None``/``"none"`` off, a preset name
+    (``"pab236"``), ``"default"``, a YAML path, a mapping or a :class:`~videosys.pab.PABConfig`.
+    The pipeline is loaded on the first ``generate`` (or :meth:`load`), after the requests validate.
+    """
+
+    def __init__(
+        self,
+        model: str = "latte",
+        weights: str | Path | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        pab: Any = None,
+        *,
+        registry: ModelRegistry | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.registry = registry or default_registry()
+        self.spec = self.registry.get(model)
+        base_config = self.spec.load_config()
+        pipeline_cls = self.spec.pipeline_class()
+        self.checkpoint = resolve_checkpoint(
+            weights,
+            default=base_config.weights_default,
+            official=base_config.weights_official,
+            components=pipeline_cls.components,
+            what=self.spec.name,
+        )
+        self.config = base_config.with_checkpoint_overlay(self.checkpoint)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.config.dtype_cuda if self.device.type == "cuda" else self.config.dtype_cpu)
+        try:
+            self.default_pab: PABConfig = resolve_pab(pab, self.config.pab)
+        except PABConfigError as exc:
+            raise RequestError("pab", pab, str(exc)) from None
+        self.progress = progress
+        self._executor: Executor = LocalExecutor(
+            lambda: pipeline_cls.load(self.checkpoint, self.config, self.device, self.dtype)
+        )
+        logger.info("engine: model %s, weights %s, %s %s, pab %s", self.spec.name, self.checkpoint, self.device,
+                    self.dtype, self.default_pab.name)
+
+    @property
+    def model(self) -> str:
+        return self.spec.name
+
+    def load(self) -> "VideoSysEngine":
+        """Load the pipeline now instead of on the first request."""
+        if isinstance(self._executor, LocalExecutor):
+            _ = self._executor.pipeline
+        return self
+
+    def make_request(self, prompt: str, **overrides: Any) -> GenerationRequest:
+        """Build and validate one request (defaults of the model + overrides); no model work."""
+        return build_request(prompt, self.config, self.default_pab, overrides)
+
+    @overload
+    def generate(self, prompt: str, **overrides: Any) -> GenerationResult: ...
+    @overload
+    def generate(self, prompt: Sequence[str], **overrides: Any) -> list[GenerationResult]: ...
+
+    def generate(self, prompt: str | Sequence[str], **overrides: Any) -> GenerationResult | list[GenerationResult]:
+        """Generate one video per prompt. A list in gives a list out, in order. Overrides: negative_prompt,
+        seed, frames, height, width, steps, guidance, fps, pab. Every request is validated first."""
+        single = isinstance(prompt, str)
+        prompts = [prompt] if single else list(prompt)
+        if not prompts:
+            raise RequestError("prompt", prompt, "a non-empty string or a non-empty list of strings")
+        requests = []
+        for i, text in enumerate(prompts):
+            try:
+                requests.append(self.make_request(text, **overrides))
+            except RequestError as exc:
+                if single:
+                    raise
+                raise RequestError(f"prompt[{i}].{exc.field}", exc.value, exc.allowed) from None
+        results = self._executor.run(requests, progress=self.progress)
+        return results[0] if single else results
+
+    def shutdown(self) -> None:
+        self._executor.shutdown()
+
+    def __enter__(self) -> "VideoSysEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+__all__ = ["VideoSysEngine", "VideoSysError"]

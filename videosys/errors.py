@@ -1,0 +1,29 @@
+"""Errors a user can act on. Each message names the field or file, the value and what is allowed."""
+
+from __future__ import annotations
+
+
+class VideoSysError(Exception):
+    """Base class of the errors VideoSys raises for bad input or missing files."""
+
+
+class RequestError(VideoSysError, ValueError):
+    """A generation request field is not allowed for the model."""
+
+    def __init__(self, field: str, value: object, allowed: str) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{field}: {value!r} not allowed (allowed: {allowed})")
+
+
+class ConfigError(VideoSysError, ValueError):
+    """A model or batch config is malformed."""
+
+
+class UnknownModelError(ConfigError):
+    """The model name is not in the registry."""
+
+
+class WeightsNotFoundError(VideoSysError, FileNotFoundError):
+    """A checkpoint folder or one of its files is missing; the message says how to provide it."""

@@ -1,0 +1,151 @@
+"""Attention: the backend chooser (flash-attn or PyTorch SDPA) and a multi-head attention module whose
+parameter names follow diffusers' ``Attention`` (``to_q``, ``to_k``, ``to_v``, ``to_out.0``), so that
+diffusers checkpoints load without renaming.
+
+Tensors handed to :func:`scaled_dot_product` are laid out ``[batch, heads, seq, head_dim]``. A mask is
+boolean, ``True`` = attend, broadcastable as ``[batch, 1 or heads, q_len or 1, kv_len]``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+FLASH = "flash"
+SDPA = "sdpa"
+
+_FLASH_DTYPES = (torch.float16, torch.bfloat16)
+_FLASH_MAX_HEAD_DIM = 256
+
+
+@functools.lru_cache(maxsize=1)
+def _flash_attn_func() -> Optional[Callable[..., torch.Tensor]]:
+    """``flash_attn.flash_attn_func`` when the package imports, else ``None`` (checked once)."""
+    try:
+        from flash_attn import flash_attn_func  # type: ignore[import-not-found]
+    except Exception as exc:  # ImportError, or a broken build raising something else on import
+        logger.debug("flash-attn not usable (%s: %s); attention uses torch SDPA", type(exc).__name__, exc)
+        return None
+    logger.debug("flash-attn available")
+    return flash_attn_func
+
+
+def flash_available() -> bool:
+    """Whether the flash-attn package imports in this process."""
+    return _flash_attn_func() is not None
+
+
+def select_backend(q: torch.Tensor, mask: Optional[torch.Tensor] = None) -> str:
+    """The backend :func:`scaled_dot_product` uses for ``q`` (``[B, H, S, D]``) and ``mask``.
+
+    ``"flash"`` when flash-attn imports, ``q`` is a CUDA tensor in fp16/bf16, ``head_dim <= 256`` and a
+    multiple of 8, and there is no mask; ``"sdpa"`` otherwise.
+    """
+    head_dim = q.shape[-1]
+    if (
+        mask is None
+        and q.is_cuda
+        and q.dtype in _FLASH_DTYPES
+        and head_dim <= _FLASH_MAX_HEAD_DIM
+        and head_dim % 8 == 0
+        and flash_available()
+    ):
+        return FLASH
+    return SDPA
+
+
+def scaled_dot_product(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(head_dim)) v for ``[B, H, S, D]`` tensors; returns ``[B, H, S_q, D]``.
+
+    ``mask`` (boolean, ``True`` = attend) broadcasts as ``[B, 1 or H, S_q or 1, S_kv]``.
+    """
+    if mask is not None and mask.dtype != torch.bool:
+        raise TypeError(f"attention mask must be boolean (True = attend), got {mask.dtype}")
+    if select_backend(q, mask) == FLASH:
+        flash = _flash_attn_func()
+        assert flash is not None
+        # flash-attn wants [B, S, H, D]; a transpose keeps the last dim contiguous.
+        out = flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class Attention(nn.Module):
+    """Multi-head self- or cross-attention with diffusers' parameter names.
+
+    Args:
+        query_dim: channels of the query input (and of the output).
+        heads: number of heads.
+        dim_head: channels per head.
+        cross_attention_dim: channels of the key/value input for cross-attention (``None``: self-attention,
+            keys and values come from ``query_dim`` inputs).
+        bias: bias on ``to_q``, ``to_k``, ``to_v``.
+        out_bias: bias on ``to_out.0``.
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        heads: int,
+        dim_head: int,
+        cross_attention_dim: Optional[int] = None,
+        bias: bool = False,
+        out_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dim_head = dim_head
+        self.inner_dim = heads * dim_head
+        self.is_cross_attention = cross_attention_dim is not None
+        kv_dim = query_dim if cross_attention_dim is None else cross_attention_dim
+        self.to_q = nn.Linear(query_dim, self.inner_dim, bias=bias)
+        self.to_k = nn.Linear(kv_dim, self.inner_dim, bias=bias)
+        self.to_v = nn.Linear(kv_dim, self.inner_dim, bias=bias)
+        # A ModuleList so the checkpoint key is ``to_out.0`` as in diffusers (whose ``to_out.1`` is a
+        # parameterless dropout).
+        self.to_out = nn.ModuleList([nn.Linear(self.inner_dim, query_dim, bias=out_bias)])
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        return x.view(b, s, self.heads, self.dim_head).transpose(1, 2)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Attend ``hidden_states`` ``[B, S, query_dim]`` to itself, or to ``encoder_hidden_states``
+        ``[B, L, cross_attention_dim]``.
+
+        ``attention_mask``: optional boolean key mask ``[B, L_kv]`` (``True`` = attend).
+        Returns ``[B, S, query_dim]``.
+        """
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q = self._split_heads(self.to_q(hidden_states))
+        k = self._split_heads(self.to_k(context))
+        v = self._split_heads(self.to_v(context))
+        mask = None
+        if attention_mask is not None:
+            if attention_mask.ndim != 2 or attention_mask.shape != (context.shape[0], context.shape[1]):
+                raise ValueError(
+                    f"attention_mask must be [batch, kv_len] = {[context.shape[0], context.shape[1]]}, "
+                    f"got {list(attention_mask.shape)}"
+                )
+            mask = attention_mask.to(torch.bool)[:, None, None, :]
+        out = scaled_dot_product(q, k, v, mask)
+        b, _, s, _ = out.shape
+        out = out.transpose(1, 2).reshape(b, s, self.inner_dim).to(q.dtype)
+        return self.to_out[0](out)

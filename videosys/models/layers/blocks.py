@@ -1,0 +1,187 @@
+"""The Latte transformer block (diffusers ``BasicTransformerBlock`` with ``norm_type="ada_norm_single"``),
+shared by Latte and Open-Sora-Plan.
+
+Every costly piece of the block goes through :func:`videosys.pab.run_module`, so Pyramid Attention
+Broadcast can replace it with the output kept from an earlier denoiser call:
+
+* self-attention (kind ``"spatial"`` or ``"temporal"``, the block's role): norm1, modulation, attn1.
+  Returns the attention output *before* the timestep-dependent gate.
+* cross-attention (kind ``"cross"``): attn2 on the un-normalised hidden states.
+* MLP (kind ``"mlp"``, site = the block's role): norm2, modulation, feed-forward, before the gate.
+
+Modulation rows: ``t_mod`` may hold one row per sequence (``[N, 6C]`` for ``N`` sequences) or one row
+per *group* of consecutive sequences (``[G, 6C]`` with ``N = G * k``), e.g. one row per video for
+the ``B * F`` frame sequences of a spatial block. Grouped rows are never repeated in memory; the
+arithmetic is the same as with repeated rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+from torch import nn
+
+from videosys.pab import PABRun, run_module
+
+from .attention import Attention
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_ACTIVATIONS = ("gelu-approximate",)
+
+
+class GELUProjection(nn.Module):
+    """``proj`` Linear followed by tanh-approximate GELU (diffusers ``GELU(approximate="tanh")``)."""
+
+    def __init__(self, dim_in: int, dim_out: int, bias: bool = True) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.gelu(self.proj(x), approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    """``net.0`` (Linear C -> mult*C + GELU-tanh), ``net.1`` (no-op, dropout slot), ``net.2`` (Linear back)."""
+
+    def __init__(self, dim: int, mult: int = 4, activation_fn: str = "gelu-approximate", bias: bool = True) -> None:
+        super().__init__()
+        if activation_fn not in SUPPORTED_ACTIVATIONS:
+            raise ValueError(
+                f"activation_fn {activation_fn!r} not supported (supported: {', '.join(SUPPORTED_ACTIVATIONS)})"
+            )
+        inner = dim * mult
+        self.net = nn.ModuleList([GELUProjection(dim, inner, bias=bias), nn.Identity(), nn.Linear(inner, dim, bias=bias)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.net:
+            x = layer(x)
+        return x
+
+
+def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """View ``[N, S, C]`` as ``[groups, N // groups * S, C]`` (consecutive sequences share a group)."""
+    n, s, c = x.shape
+    if n == groups:
+        return x
+    if n % groups != 0:
+        raise ValueError(f"{n} sequences cannot share {groups} modulation/context rows")
+    return x.reshape(groups, (n // groups) * s, c)
+
+
+class LatteBlock(nn.Module):
+    """Pre-norm transformer block with adaLN-single modulation and optional cross-attention.
+
+    Parameter names match diffusers' ``BasicTransformerBlock``: ``norm1``, ``attn1``, ``norm2``,
+    ``attn2`` (only with ``cross_attention_dim``), ``ff.net.0.proj``, ``ff.net.2``, ``scale_shift_table``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_attention_heads: int,
+        attention_head_dim: int,
+        cross_attention_dim: Optional[int] = None,
+        attention_bias: bool = False,
+        activation_fn: str = "gelu-approximate",
+        norm_elementwise_affine: bool = True,
+        norm_eps: float = 1e-5,
+        ff_mult: int = 4,
+        attention_out_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine)
+        self.attn1 = Attention(
+            dim, num_attention_heads, attention_head_dim, bias=attention_bias, out_bias=attention_out_bias
+        )
+        self.attn2: Optional[Attention] = None
+        if cross_attention_dim is not None:
+            self.attn2 = Attention(
+                dim,
+                num_attention_heads,
+                attention_head_dim,
+                cross_attention_dim=cross_attention_dim,
+                bias=attention_bias,
+                out_bias=attention_out_bias,
+            )
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine)
+        self.ff = FeedForward(dim, mult=ff_mult, activation_fn=activation_fn)
+        self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
+
+    # -- the three broadcastable pieces ------------------------------------------------------------
+    def self_attention(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """norm1 -> modulate -> attn1, before the gate. ``shift``/``scale``: ``[G, 1, C]`` (``x``: ``[N, S, C]``,
+        ``N`` a multiple of ``G``). Self-contained so sequence-parallel communication can live here."""
+        n, s, c = x.shape
+        h = _grouped(self.norm1(x), shift.shape[0])
+        h = (h * (1 + scale) + shift).reshape(n, s, c)
+        return self.attn1(h)
+
+    def cross_attention(
+        self, x: torch.Tensor, context: torch.Tensor, context_mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """attn2 of ``x`` ``[N, S, C]`` on ``context`` ``[G, L, C_ctx]`` (``N`` a multiple of ``G``: every
+        sequence of a group sees the same context, so the group's queries are attended together, which is
+        the same per-query result as repeating the context per sequence)."""
+        assert self.attn2 is not None
+        n, s, c = x.shape
+        out = self.attn2(_grouped(x, context.shape[0]), encoder_hidden_states=context, attention_mask=context_mask)
+        return out.reshape(n, s, c)
+
+    def mlp(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """norm2 -> modulate -> feed-forward, before the gate."""
+        n, s, c = x.shape
+        h = _grouped(self.norm2(x), shift.shape[0])
+        h = (h * (1 + scale) + shift).reshape(n, s, c)
+        return self.ff(h)
+
+    # -- forward -------------------------------------------------------------------------------------
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        t_mod: torch.Tensor,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        *,
+        pab: Optional[PABRun] = None,
+        kind: str = "spatial",
+        block: int = 0,
+    ) -> torch.Tensor:
+        """One block step.
+
+        Args:
+            hidden_states: ``[N, S, C]`` sequences.
+            t_mod: adaLN-single output ``[G, 6C]``, one row per sequence or per group of ``N // G``
+                consecutive sequences.
+            encoder_hidden_states: cross-attention context ``[G', L, C_ctx]`` (one per sequence or per
+                group of consecutive sequences); required by a block with ``attn2``, ignored otherwise.
+            encoder_attention_mask: boolean ``[G', L]`` key mask of the context (``True`` = attend).
+            pab: the request's PAB run, or ``None``.
+            kind: ``"spatial"`` or ``"temporal"``: the PAB kind of this block's self-attention and the
+                site of its MLP.
+            block: the block index, for PAB bookkeeping.
+        """
+        x = hidden_states
+        n, s, c = x.shape
+        g = t_mod.shape[0]
+        mods = (self.scale_shift_table[None] + t_mod.reshape(g, 6, c)).chunk(6, dim=1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods  # each [G, 1, C]
+
+        attn = run_module(pab, kind, block, lambda: self.self_attention(x, shift_msa, scale_msa))
+        x = (_grouped(attn, g) * gate_msa).reshape(n, s, c) + x
+
+        if self.attn2 is not None:
+            if encoder_hidden_states is None:
+                raise ValueError("this block has cross-attention (attn2) and needs encoder_hidden_states")
+            x_in = x
+            cross = run_module(
+                pab, "cross", block, lambda: self.cross_attention(x_in, encoder_hidden_states, encoder_attention_mask)
+            )
+            x = cross + x
+
+        x_in = x
+        ff = run_module(pab, "mlp", block, lambda: self.mlp(x_in, shift_mlp, scale_mlp), site=kind)
+        return (_grouped(ff, g) * gate_mlp).reshape(n, s, c) + x

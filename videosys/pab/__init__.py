@@ -1,0 +1,30 @@
+"""Pyramid Attention Broadcast: config (pure data) -> scheduler (the rule) -> run (per-request state)."""
+
+from .config import (
+    ALL_KINDS,
+    ATTENTION_KINDS,
+    AttentionBroadcast,
+    MLPBroadcast,
+    PABConfig,
+    PABConfigError,
+    PABPresets,
+    resolve_pab,
+)
+from .run import PABRun, PABStats, run_module
+from .scheduler import PABPlan, PABScheduler
+
+__all__ = [
+    "ALL_KINDS",
+    "ATTENTION_KINDS",
+    "AttentionBroadcast",
+    "MLPBroadcast",
+    "PABConfig",
+    "PABConfigError",
+    "PABPlan",
+    "PABPresets",
+    "PABRun",
+    "PABScheduler",
+    "PABStats",
+    "resolve_pab",
+    "run_module",
+]

@@ -1,0 +1,127 @@
+"""Per-request PAB state: call index, the cache of kept outputs and the counters.
+
+A model never holds PAB state itself. Every broadcastable module routes its work through
+``run.compute_or_broadcast(kind, block, fn)``; ``fn`` holds everything the module costs (norms, the
+attention, its sequence-parallel communication), so a broadcast skips all of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, TypeVar
+
+from .config import ALL_KINDS, ATTENTION_KINDS
+from .scheduler import MLP_REUSE, MLP_STORE, PABPlan
+
+T = TypeVar("T")
+
+
+@dataclass
+class PABStats:
+    """Module calls computed and broadcast per kind (spatial, temporal, cross, mlp) in one request."""
+
+    computed: dict[str, int] = field(default_factory=lambda: {k: 0 for k in ALL_KINDS})
+    broadcast: dict[str, int] = field(default_factory=lambda: {k: 0 for k in ALL_KINDS})
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {k: {"computed": self.computed[k], "broadcast": self.broadcast[k]} for k in ALL_KINDS}
+
+    def summary(self) -> str:
+        parts = []
+        for k in ALL_KINDS:
+            total = self.computed[k] + self.broadcast[k]
+            parts.append(f"{k} {self.broadcast[k]}/{total} broadcast")
+        return ", ".join(parts)
+
+
+class PABRun:
+    """PAB state of one request. Use as a context manager; leaving it drops every kept tensor."""
+
+    def __init__(self, plan: PABPlan, config_name: str = "custom") -> None:
+        self.plan = plan
+        self.config_name = config_name
+        self.stats = PABStats()
+        self._call = -1
+        self._cache: dict[tuple[str, str, int], object] = {}
+
+    # -- call bookkeeping -------------------------------------------------------------------------
+    @property
+    def call_index(self) -> int:
+        return self._call
+
+    @property
+    def timestep(self) -> float:
+        return self.plan.timesteps[self._call]
+
+    def begin_call(self) -> int:
+        """Advance to the next denoiser call of the request and return its index."""
+        if self._call + 1 >= self.plan.num_calls:
+            raise RuntimeError(
+                f"PAB: denoiser call {self._call + 2} exceeds the {self.plan.num_calls} calls this request planned"
+            )
+        self._call += 1
+        return self._call
+
+    # -- the decision -----------------------------------------------------------------------------
+    def compute_or_broadcast(self, kind: str, block: int, fn: Callable[[], T], site: str = "") -> T:
+        """Return the kept output of this module on a broadcast call, else ``fn()`` (kept if the next
+        call will reuse it). ``kind`` is spatial, temporal, cross or mlp; ``site`` separates modules of
+        one kind and block index (e.g. the spatial and temporal MLPs of block 3)."""
+        i = self._call
+        if i < 0:
+            raise RuntimeError("PAB: compute_or_broadcast before begin_call()")
+        key = (kind, site, block)
+        if kind in ATTENTION_KINDS:
+            reuse = self.plan.broadcast[kind][i]
+            keep = self.plan.keep[kind][i]
+        elif kind == "mlp":
+            listed = block in self.plan.mlp_blocks
+            action = self.plan.mlp_actions[i]
+            reuse = listed and action == MLP_REUSE
+            keep = listed and action == MLP_STORE
+        else:
+            raise ValueError(f"PAB kind {kind!r} not allowed (allowed: {', '.join(ALL_KINDS)})")
+        if reuse and key in self._cache:
+            self.stats.broadcast[kind] += 1
+            out = self._cache[key]
+            if not keep and not self._reused_next(kind, block):
+                del self._cache[key]
+            return out  # type: ignore[return-value]
+        out = fn()
+        self.stats.computed[kind] += 1
+        if keep:
+            self._cache[key] = out
+        else:
+            self._cache.pop(key, None)
+        return out
+
+    def _reused_next(self, kind: str, block: int) -> bool:
+        nxt = self._call + 1
+        if nxt >= self.plan.num_calls:
+            return False
+        if kind == "mlp":
+            return block in self.plan.mlp_blocks and self.plan.mlp_actions[nxt] == MLP_REUSE
+        return self.plan.broadcast[kind][nxt]
+
+    # -- lifetime ---------------------------------------------------------------------------------
+    @property
+    def cached_entries(self) -> int:
+        return len(self._cache)
+
+    def close(self) -> PABStats:
+        """Drop every kept output (also on an aborted request) and return the counters."""
+        self._cache.clear()
+        return self.stats
+
+    def __enter__(self) -> "PABRun":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_module(pab: PABRun | None, kind: str, block: int, fn: Callable[[], T], site: str = "") -> T:
+    """``fn()`` when no PAB run is active, else the run's decision. Models call this."""
+    if pab is None:
+        return fn()
+    return pab.compute_or_broadcast(kind, block, fn, site)

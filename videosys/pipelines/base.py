@@ -1,0 +1,73 @@
+"""What every pipeline shares: the loading contract, stage timing, seeded noise and frame conversion."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..config import ModelConfig
+from ..request import GenerationRequest
+from ..result import GenerationResult
+
+
+class Pipeline(ABC):
+    """A loaded model family: its checkpoint folders and how one request becomes a video."""
+
+    #: subfolders a checkpoint of this pipeline must have
+    components: Sequence[str] = ()
+
+    @classmethod
+    @abstractmethod
+    def load(cls, checkpoint: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype) -> "Pipeline": ...
+
+    @abstractmethod
+    def generate(self, request: GenerationRequest, progress: bool = True) -> GenerationResult: ...
+
+
+class StageTimer:
+    """Wall-clock seconds per named stage; on CUDA it synchronises so the numbers are the GPU's work."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def initial_noise(shape: Sequence[int], seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Gaussian noise from a per-request CPU generator: the same seed gives the same noise on every device."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """[T, 3, H, W] in [-1, 1] -> uint8 [T, H, W, 3]."""
+    video = (video.float() / 2 + 0.5).clamp(0, 1)
+    return (video.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def transformers_dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56; pass whichever this version takes."""
+    import transformers
+    from packaging.version import Version
+
+    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    return {key: dtype}

@@ -1,0 +1,129 @@
+"""Latte-1: T5 text encoder, Latte transformer, AutoencoderKL, DDIM; the reference sampling of
+``maxin-cn/Latte-1`` (shared reference models.md section 3)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import ModelConfig
+from ..errors import WeightsNotFoundError
+from ..models.latte import LatteTransformer3D
+from ..pab import PABScheduler
+from ..request import GenerationRequest
+from ..result import GenerationResult
+from ..schedulers import DiffusersSchedulerFactory
+from .base import Pipeline, StageTimer, initial_noise, to_uint8_frames, transformers_dtype_kwarg
+
+logger = logging.getLogger(__name__)
+
+VAE_DECODE_CHUNK = 14  # frames per VAE decode call, as the reference
+
+
+class LattePipeline(Pipeline):
+    components = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+
+    def __init__(self, *, tokenizer, text_encoder, vae, transformer: LatteTransformer3D,
+                 scheduler_factory: DiffusersSchedulerFactory, config: ModelConfig,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.vae = vae
+        self.transformer = transformer
+        self.scheduler_factory = scheduler_factory
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def load(cls, checkpoint: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype) -> "LattePipeline":
+        from diffusers import AutoencoderKL
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        checkpoint = Path(checkpoint)
+        logger.info("loading Latte from %s on %s (%s)", checkpoint, device, dtype)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(checkpoint / "tokenizer")
+            text_encoder = T5EncoderModel.from_pretrained(checkpoint / "text_encoder", **transformers_dtype_kwarg(dtype))
+            vae = AutoencoderKL.from_pretrained(checkpoint / "vae", torch_dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise WeightsNotFoundError(f"weights: could not load a component of {str(checkpoint)!r}: {exc}") from None
+        transformer = LatteTransformer3D.from_pretrained(checkpoint / "transformer", dtype=dtype, device=device)
+        scheduler = DiffusersSchedulerFactory.from_folder(checkpoint / "scheduler", "DDIMScheduler")
+        for module in (text_encoder, vae, transformer):
+            module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        return cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                   scheduler_factory=scheduler, config=config, device=device, dtype=dtype)
+
+    # -- stages -----------------------------------------------------------------------------------
+    def encode_text(self, prompt: str, negative_prompt: str, guidance: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """T5 embeddings of the prompt cut to its L valid tokens, and of the negative prompt cut to the same
+        L (the reference's single-prompt masking); the negative is None without CFG."""
+        max_length = self.config.text_max_length
+
+        def embed(text: str) -> tuple[torch.Tensor, torch.Tensor]:
+            tokens = self.tokenizer(
+                [text.lower().strip()], padding="max_length", max_length=max_length, truncation=True,
+                return_attention_mask=True, add_special_tokens=True, return_tensors="pt",
+            )
+            mask = tokens.attention_mask.to(self.device)
+            hidden = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
+            return hidden.to(self.dtype), mask
+
+        cond, mask = embed(prompt)
+        length = int(mask.sum().item())
+        cond = cond[:, :length]
+        if guidance <= 1.0:
+            return cond, None
+        uncond, _ = embed(negative_prompt)
+        return cond, uncond[:, :length]
+
+    def denoise(self, request: GenerationRequest, cond: torch.Tensor, uncond: torch.Tensor | None,
+                progress: bool) -> tuple[torch.Tensor, dict[str, dict[str, int]]]:
+        scheduler = self.scheduler_factory.new()
+        scheduler.set_timesteps(request.steps, device=self.device)
+        timesteps = scheduler.timesteps
+        cfg = uncond is not None
+        text = torch.cat([uncond, cond]) if cfg else cond
+        shape = (1, self.transformer.config.in_channels, request.frames,
+                 request.height // self.vae_scale_factor, request.width // self.vae_scale_factor)
+        latents = initial_noise(shape, request.seed, self.device, self.dtype) * scheduler.init_noise_sigma
+        in_channels = latents.shape[1]
+        with PABScheduler(request.pab).new_run([float(t) for t in timesteps]) as run:
+            for t in tqdm(timesteps, desc="denoise", disable=not progress, leave=False):
+                run.begin_call()
+                model_in = torch.cat([latents, latents]) if cfg else latents
+                model_in = scheduler.scale_model_input(model_in, t)
+                t_batch = t.reshape(1).expand(model_in.shape[0]).to(self.device)
+                noise = self.transformer(model_in, t_batch, text, pab=run)
+                if cfg:
+                    noise_uncond, noise_cond = noise.chunk(2)
+                    noise = noise_uncond + request.guidance * (noise_cond - noise_uncond)
+                noise = noise[:, :in_channels]  # learned sigma: keep the epsilon channels
+                latents = scheduler.step(noise, t, latents, eta=0.0, return_dict=False)[0]
+            stats = run.stats.as_dict()
+        return latents, stats
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """[1, C, F, h, w] latents -> [F, 3, H, W] in [-1, 1], decoded a chunk of frames at a time."""
+        z = latents[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor
+        chunks = [self.vae.decode(z[i:i + VAE_DECODE_CHUNK]).sample for i in range(0, z.shape[0], VAE_DECODE_CHUNK)]
+        return torch.cat(chunks)
+
+    # -- one request ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, request: GenerationRequest, progress: bool = True) -> GenerationResult:
+        timer = StageTimer(self.device)
+        with timer.stage("total"):
+            with timer.stage("text_encoder"):
+                cond, uncond = self.encode_text(request.prompt, request.negative_prompt, request.guidance)
+            with timer.stage("denoise"):
+                latents, stats = self.denoise(request, cond, uncond, progress)
+            with timer.stage("vae_decode"):
+                frames = to_uint8_frames(self.decode(latents))
+        return GenerationResult(frames=frames, fps=request.fps, request=request, timings=timer.seconds,
+                                pab_stats=stats, model=self.config.name)

@@ -1,0 +1,99 @@
+"""Generation requests: built from a prompt, the model's defaults and user overrides, validated before any
+model or GPU work. Every rejection is a :class:`~videosys.errors.RequestError` naming field, value and what is allowed."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .config import ModelConfig
+from .errors import RequestError
+from .pab import PABConfig, PABConfigError, resolve_pab
+
+OVERRIDABLE = ("negative_prompt", "seed", "frames", "height", "width", "steps", "guidance", "fps", "pab")
+MAX_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str
+    seed: int
+    frames: int
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    fps: int
+    pab: PABConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "seed": self.seed,
+            "frames": self.frames,
+            "height": self.height,
+            "width": self.width,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "fps": self.fps,
+            "pab": self.pab.to_dict(),
+        }
+
+
+def build_request(prompt: Any, config: ModelConfig, default_pab: PABConfig, overrides: dict[str, Any]) -> GenerationRequest:
+    """Merge defaults and overrides into a request and validate it against ``config``."""
+    unknown = sorted(set(overrides) - set(OVERRIDABLE))
+    if unknown:
+        raise RequestError(unknown[0], overrides[unknown[0]], f"overrides {', '.join(OVERRIDABLE)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    s = config.sampling
+    try:
+        pab = resolve_pab(given["pab"], config.pab) if "pab" in overrides else default_pab
+    except PABConfigError as exc:
+        raise RequestError("pab", overrides["pab"], str(exc)) from None
+    request = GenerationRequest(
+        prompt=prompt,
+        negative_prompt=given.get("negative_prompt", s.negative_prompt),
+        seed=given.get("seed", s.seed),
+        frames=given.get("frames", s.frames),
+        height=given.get("height", s.height),
+        width=given.get("width", s.width),
+        steps=given.get("steps", s.steps),
+        guidance=given.get("guidance", s.guidance),
+        fps=given.get("fps", s.fps),
+        pab=pab,
+    )
+    validate_request(request, config)
+    return replace(request, guidance=float(request.guidance), prompt=request.prompt.strip())
+
+
+def _int_field(name: str, value: Any, allowed: str, minimum: int | None = None, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(name, value, allowed)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise RequestError(name, value, allowed)
+
+
+def validate_request(request: GenerationRequest, config: ModelConfig) -> None:
+    if not isinstance(request.prompt, str) or not request.prompt.strip():
+        raise RequestError("prompt", request.prompt, "a non-empty string")
+    if not isinstance(request.negative_prompt, str):
+        raise RequestError("negative_prompt", request.negative_prompt, "a string")
+    _int_field("seed", request.seed, "an integer in [0, 2**63)", 0, 2**63 - 1)
+    _int_field("steps", request.steps, f"an integer from 1 to {MAX_STEPS}", 1, MAX_STEPS)
+    g = request.guidance
+    if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
+        raise RequestError("guidance", g, "a finite number >= 0 (1 or less switches classifier-free guidance off)")
+    _int_field("fps", request.fps, "an integer from 1 to 120", 1, 120)
+    allowed = config.allowed
+    if isinstance(request.frames, bool) or not isinstance(request.frames, int) or request.frames not in allowed.frames:
+        raise RequestError("frames", request.frames, f"{', '.join(map(str, allowed.frames))} for {config.name}")
+    for name in ("height", "width"):
+        _int_field(name, getattr(request, name), f"sizes {allowed.describe_sizes()} for {config.name}", 1)
+    if (request.height, request.width) not in allowed.sizes:
+        raise RequestError(
+            "height x width", f"{request.height}x{request.width}", f"{allowed.describe_sizes()} for {config.name}"
+        )
