@@ -1,0 +1,5 @@
+"""Latte text-to-video transformer."""
+
+from .transformer import LatteConfig, LatteTransformer3D
+
+__all__ = ["LatteConfig", "LatteTransformer3D"]

@@ -1,0 +1,94 @@
+"""Attention backend choice and the Attention module against a hand-written softmax attention."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from videosys.models.layers import attention as attn_mod
+from videosys.models.layers.attention import Attention, scaled_dot_product, select_backend
+
+
+def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def test_backend_is_sdpa_on_cpu() -> None:
+    q = torch.randn(1, 2, 4, 8)
+    assert select_backend(q) == "sdpa"
+    assert select_backend(q.half()) == "sdpa"
+    assert select_backend(q, torch.ones(1, 1, 1, 4, dtype=torch.bool)) == "sdpa"
+
+
+def test_backend_flash_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flash rules, with flash-attn faked as importable and a CUDA-looking query."""
+
+    class FakeQ:
+        def __init__(self, dtype: torch.dtype, head_dim: int, cuda: bool = True) -> None:
+            self.dtype, self.shape, self.is_cuda = dtype, (1, 2, 4, head_dim), cuda
+
+    monkeypatch.setattr(attn_mod, "flash_available", lambda: True)
+    assert select_backend(FakeQ(torch.float16, 64)) == "flash"  # type: ignore[arg-type]
+    assert select_backend(FakeQ(torch.bfloat16, 256)) == "flash"  # type: ignore[arg-type]
+    assert select_backend(FakeQ(torch.float32, 64)) == "sdpa"  # type: ignore[arg-type]
+    assert select_backend(FakeQ(torch.float16, 72)) == "flash"  # type: ignore[arg-type]
+    assert select_backend(FakeQ(torch.float16, 68)) == "sdpa"  # type: ignore[arg-type]
+    assert select_backend(FakeQ(torch.float16, 264)) == "sdpa"  # type: ignore[arg-type]
+    assert select_backend(FakeQ(torch.float16, 64, cuda=False)) == "sdpa"  # type: ignore[arg-type]
+    assert select_backend(FakeQ(torch.float16, 64), torch.ones(1, dtype=torch.bool)) == "sdpa"  # type: ignore[arg-type]
+
+
+def test_scaled_dot_product_matches_reference() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g) for _ in range(3))
+    torch.testing.assert_close(scaled_dot_product(q, k, v), _reference(q, k, v, None), atol=1e-5, rtol=1e-5)
+    mask = torch.rand(2, 1, 1, 5, generator=g) > 0.4
+    mask[..., 0] = True
+    torch.testing.assert_close(scaled_dot_product(q, k, v, mask), _reference(q, k, v, mask), atol=1e-5, rtol=1e-5)
+    with pytest.raises(TypeError, match="boolean"):
+        scaled_dot_product(q, k, v, mask.float())
+
+
+def _module_reference(m: Attention, x: torch.Tensor, ctx: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(t.shape[0], t.shape[1], m.heads, m.dim_head).transpose(1, 2)
+
+    q, k, v = heads(m.to_q(x)), heads(m.to_k(ctx)), heads(m.to_v(ctx))
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    out = _reference(q, k, v, mask).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+    return m.to_out[0](out)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_module_matches_reference(cross: bool, masked: bool) -> None:
+    torch.manual_seed(0)
+    m = Attention(16, heads=2, dim_head=8, cross_attention_dim=12 if cross else None, bias=True)
+    assert sorted(k for k, _ in m.named_parameters()) == [
+        "to_k.bias", "to_k.weight", "to_out.0.bias", "to_out.0.weight",
+        "to_q.bias", "to_q.weight", "to_v.bias", "to_v.weight",
+    ]
+    x = torch.randn(2, 6, 16)
+    ctx = torch.randn(2, 7, 12) if cross else x
+    key_mask = None
+    if masked:
+        key_mask = torch.ones(2, ctx.shape[1], dtype=torch.bool)
+        key_mask[1, 3:] = False
+        key_mask[0, 0] = False
+    with torch.no_grad():
+        out = m(x, ctx if cross else None, key_mask)
+        ref = _module_reference(m, x, ctx, key_mask)
+    assert out.shape == (2, 6, 16)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_bias_flag_and_bad_mask() -> None:
+    m = Attention(16, heads=2, dim_head=8, bias=False)
+    assert m.to_q.bias is None and m.to_out[0].bias is not None
+    with pytest.raises(ValueError, match="attention_mask"):
+        m(torch.randn(2, 4, 16), attention_mask=torch.ones(2, 5, dtype=torch.bool))
