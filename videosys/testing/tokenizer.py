@@ -95,6 +95,22 @@ _STYLES = (
     "watercolor", "anime style", "photorealistic", "studio lighting", "at golden hour",
 )
 
+_COMMON = (
+    "the of and to in is it you that he was for on are as with his they at be this have from "
+    "or one had by word but not what all were we when your can said there use an each which "
+    "she do how their if will up other about out many then them these so some her would make "
+    "like him into time has look two more write go see number no way could than first water "
+    "been call who oil its now find long down day did get come made may part over new after "
+    "thing our just name good very through back much before also around another came three "
+    "show every near both between own under while along might next together"
+).split()
+
+_VERBS = (
+    "play run walk jump fly swim dance sit sleep eat drink read sing ride drive float fall "
+    "spin roll climb surf skate smile look wave move stand chase explore cross drift glow "
+    "burn melt bloom shine plays runs walks flies swims dances rides moves looks"
+).split()
+
 _PREPOSITIONS = "in on under over near through across along above behind beside into around".split()
 _ARTICLES = ("a", "an", "the", "two", "three", "some", "many")
 
@@ -125,7 +141,7 @@ def _noun_phrase(rng: random.Random) -> str:
 
 def _sentence(rng: random.Random) -> str:
     """Return one synthetic video-prompt-like sentence."""
-    kind = rng.randrange(5)
+    kind = rng.randrange(8)
     subject = _noun_phrase(rng)
     scene = f"{rng.choice(_PREPOSITIONS)} the {rng.choice(_ADJECTIVES + _COLOURS)} {rng.choice(_SCENES)}"
     if kind == 0:
@@ -136,8 +152,14 @@ def _sentence(rng: random.Random) -> str:
         text = f"{subject} and {_noun_phrase(rng)} {rng.choice(_MOTIONS)} {scene}"
     elif kind == 3:
         text = f"{rng.choice(_SCENES)} {scene} with {_noun_phrase(rng)}, {rng.choice(_STYLES)}"
-    else:
+    elif kind == 4:
         text = f"{subject} {rng.choice(_MOTIONS)} in {rng.choice(_CAPITAL_NAMES)} at {rng.choice(_SCENES)}"
+    elif kind == 5:
+        text = f"there is {subject} that can {rng.choice(_VERBS)} {scene}"
+    elif kind == 6:
+        text = f"this is a video of {subject} who likes to {rng.choice(_VERBS)} {scene}"
+    else:
+        text = " ".join(rng.choice(_COMMON) for _ in range(rng.randint(4, 10)))
     if rng.random() < 0.5:
         text = text[0].upper() + text[1:]
     if rng.random() < 0.4:
@@ -160,7 +182,7 @@ def build_corpus(num_sentences: int = 4000, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     lines: list[str] = []
     for word_list in (_COLOURS, _ANIMALS, _PEOPLE, _OBJECTS, _MOTIONS, _SCENES, _ADJECTIVES,
-                      _PREPOSITIONS, _ARTICLES, _CAPITAL_NAMES):
+                      _PREPOSITIONS, _ARTICLES, _CAPITAL_NAMES, _COMMON, _VERBS):
         lines.append(" ".join(word_list))
     lines.extend(_STYLES)
     lines.extend(_ALPHABET_LINES * 3)
