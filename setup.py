@@ -23,6 +23,9 @@ setup(
         "huggingface_hub>=0.23",
         "tqdm>=4.60",
         "sentencepiece>=0.1.99",
+        "protobuf>=3.20",  # transformers needs it to read a T5 folder holding only spiece.model
+        "pillow>=9",
+        "packaging",
         "pyyaml>=6",
     ],
     extras_require={

@@ -121,7 +121,7 @@ class VideoSysEngine:
     def generate(self, prompt: str | Sequence[str], **overrides: Any) -> GenerationResult | list[GenerationResult]:
         """Generate one video per prompt. A list in gives a list out, in order. Overrides: negative_prompt,
         seed, frames, height, width, steps, guidance, fps, pab. Every request is validated first."""
-        single = isinstance(prompt, str)
+        single = not isinstance(prompt, (list, tuple))
         prompts = [prompt] if single else list(prompt)
         if not prompts:
             raise RequestError("prompt", prompt, "a non-empty string or a non-empty list of strings")

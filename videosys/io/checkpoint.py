@@ -52,7 +52,7 @@ def resolve_checkpoint(
     local hub cache is used if it holds the snapshot.
     """
     hint = (
-        f"download it where there is network (`huggingface-cli download {official} --local-dir models/{official.split('/')[-1]}`) "
+        f"download it where there is network (`hf download {official} --local-dir models/{official.split('/')[-1]}`) "
         f"and pass --weights models/{official.split('/')[-1]}"
         if official
         else "pass --weights with a local checkpoint folder"

@@ -49,13 +49,13 @@ class LattePipeline(Pipeline):
         try:
             tokenizer = AutoTokenizer.from_pretrained(checkpoint / "tokenizer")
             text_encoder = T5EncoderModel.from_pretrained(checkpoint / "text_encoder", **transformers_dtype_kwarg(dtype))
-            vae = AutoencoderKL.from_pretrained(checkpoint / "vae", torch_dtype=dtype)
+            vae = AutoencoderKL.from_pretrained(checkpoint / "vae", torch_dtype=dtype, low_cpu_mem_usage=False)
         except (OSError, ValueError) as exc:
             raise WeightsNotFoundError(f"weights: could not load a component of {str(checkpoint)!r}: {exc}") from None
         transformer = LatteTransformer3D.from_pretrained(checkpoint / "transformer", dtype=dtype, device=device)
         scheduler = DiffusersSchedulerFactory.from_folder(checkpoint / "scheduler", "DDIMScheduler")
-        for module in (text_encoder, vae, transformer):
-            module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        for module in (text_encoder, vae, transformer):  # already in dtype; only the device moves
+            module.to(device).eval().requires_grad_(False)
         return cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                    scheduler_factory=scheduler, config=config, device=device, dtype=dtype)
 

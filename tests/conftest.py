@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny checkpoints in the official on-disk layout, written at test time (nothing is downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TINY_OVERLAY = """\
+description: tiny Latte written by the tests
+sampling:
+  frames: 4
+  height: 32
+  width: 32
+allowed:
+  frames: [1, 4]
+  sizes: [[32, 32], [32, 48]]
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_latte_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from videosys.testing.tiny_latte import write_tiny_latte
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-latte"
+    write_tiny_latte(path, seed=0, video_length=4, sample_size=4, extra_files={"videosys.yaml": TINY_OVERLAY})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_latte_dir: Path):
+    from videosys import VideoSysEngine
+
+    return VideoSysEngine("latte", weights=tiny_latte_dir, device="cpu", progress=False)
