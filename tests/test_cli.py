@@ -65,3 +65,23 @@ def test_models_lists_presets(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "latte:" in out and "pab236, pab347, pab469 (default pab236)" in out
+
+
+def test_a_failed_save_keeps_the_frames(tiny_latte_dir, tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ffmpeg(name, *args, **kwargs):
+        if name == "imageio_ffmpeg":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ffmpeg)
+    out = tmp_path / "cat.mp4"
+    code = main(["generate", "a cat", "--weights", str(tiny_latte_dir), "--steps", "2", "--no-progress", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "writing .mp4 needs imageio-ffmpeg" in err and "cat_frames" in err
+    assert len(list((tmp_path / "cat_frames").glob("frame_*.png"))) == 4
+    assert not out.exists()

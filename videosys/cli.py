@@ -82,12 +82,25 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     }
     engine.make_request(args.prompt, **overrides)  # validate before loading any weights
     result = engine.generate(args.prompt, **overrides)
-    path = result.save(out)
+    path = _save_or_keep(result, out)
     if args.json:
         print(json.dumps({**result.summary(), "output": str(path)}, indent=2))
     else:
         print(_format_summary(result, path))
     return 0
+
+
+def _save_or_keep(result, out: Path) -> Path:
+    """Save the video; if that fails, keep the generated frames as PNGs beside it so no work is lost."""
+    try:
+        return result.save(out)
+    except (OSError, ValueError) as exc:
+        fallback = out.with_name(out.stem + "_frames")
+        try:
+            result.save(fallback)
+        except (OSError, ValueError):
+            raise exc from None
+        raise type(exc)(f"{str(exc).splitlines()[0]} (the frames were kept in {fallback}/)") from None
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

@@ -48,8 +48,19 @@ def save_video(frames: np.ndarray, path: str | Path, fps: int) -> Path:
     return path
 
 
+class VideoWriteError(OSError):
+    """A video could not be written (a missing encoder, a full disk...); the message says which and why."""
+
+
 def _write_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
     import imageio.v2 as imageio
+
+    try:
+        import imageio_ffmpeg  # noqa: F401 - the encoder behind imageio's FFMPEG plugin
+    except ImportError:
+        raise VideoWriteError(
+            "output: writing .mp4 needs imageio-ffmpeg (pip install imageio-ffmpeg); or write .gif or a PNG folder"
+        ) from None
 
     if frames.shape[1] % 2 or frames.shape[2] % 2:  # yuv420p needs even sides
         frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)), mode="edge")
