@@ -2,6 +2,21 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+HERE = Path(__file__).parent
+
+
+def _data_files(*roots: str) -> list[tuple[str, list[str]]]:
+    """configs/ and the bundled smoke model, installed under <prefix>/share/videosys for non-editable installs."""
+    out: dict[str, list[str]] = {}
+    for root in roots:
+        base = HERE / root
+        for path in sorted(base.rglob("*") if base.is_dir() else [base]):
+            if path.is_file() and "__pycache__" not in path.parts:
+                rel = path.relative_to(HERE)
+                out.setdefault(str(Path("share/videosys") / rel.parent), []).append(str(rel))
+    return sorted(out.items())
+
+
 setup(
     name="videosys",
     version="0.1.0",
@@ -11,6 +26,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["videosys", "videosys.*"]),
     include_package_data=True,
+    data_files=_data_files("configs", "models/README.md", "models/latte-smoke"),
     install_requires=[
         "torch>=2.3",
         "transformers>=4.40",

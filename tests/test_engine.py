@@ -114,3 +114,28 @@ def test_save_formats(tiny_engine, tmp_path, suffix):
         frames = imageio.mimread(path, format="FFMPEG")
         assert len(frames) == 4 and frames[0].shape == (32, 32, 3)
     assert not list(tmp_path.glob(".*part*"))
+
+
+def test_no_pab_tensor_outlives_a_request(tiny_engine, monkeypatch):
+    import gc
+    import weakref
+
+    from videosys.pab import run as pab_run
+
+    runs, kept = [], []
+    original = pab_run.PABRun.compute_or_broadcast
+
+    def spy(self, kind, block, fn, site=""):
+        out = original(self, kind, block, fn, site)
+        if self.cached_entries:
+            kept.extend(weakref.ref(v) for v in self._cache.values())
+        if self not in runs:
+            runs.append(self)
+        return out
+
+    monkeypatch.setattr(pab_run.PABRun, "compute_or_broadcast", spy)
+    tiny_engine.generate("a cat", pab="pab236", steps=50)
+    assert kept and runs and all(r.cached_entries == 0 for r in runs)
+    runs.clear()
+    gc.collect()
+    assert all(ref() is None for ref in kept)

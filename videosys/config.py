@@ -4,6 +4,8 @@ optionally overlaid by a ``videosys.yaml`` that a checkpoint folder carries (e.g
 from __future__ import annotations
 
 import copy
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,7 +23,14 @@ _SAMPLING_KEYS = {"steps", "guidance", "frames", "height", "width", "fps", "nega
 
 
 def project_root() -> Path:
-    """The folder holding configs/ and models/ (the repository root of an editable install)."""
+    """The folder holding configs/ and models/: ``$VIDEOSYS_HOME`` if set, else the repository root of an
+    editable install, else ``<prefix>/share/videosys`` where a regular install puts them."""
+    env = os.environ.get("VIDEOSYS_HOME")
+    if env:
+        return Path(env).expanduser()
+    for candidate in (Path(__file__).resolve().parent.parent, Path(sys.prefix) / "share" / "videosys"):
+        if (candidate / "configs").is_dir():
+            return candidate
     return Path(__file__).resolve().parent.parent
 
 
