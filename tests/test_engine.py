@@ -139,3 +139,13 @@ def test_no_pab_tensor_outlives_a_request(tiny_engine, monkeypatch):
     runs.clear()
     gc.collect()
     assert all(ref() is None for ref in kept)
+
+
+def test_saved_files_get_the_usual_permissions(tiny_engine, tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = tiny_engine.generate("a cat", steps=1).save(tmp_path / "v.gif")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +35,8 @@ def save_video(frames: np.ndarray, path: str | Path, fps: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not suffix:
         return _save_png_folder(frames, path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # A hidden sibling created by the writer itself, so the file gets the usual permissions (umask).
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.part{suffix}")
     try:
         if suffix == ".mp4":
             _write_mp4(frames, tmp, fps)
