@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -87,7 +86,8 @@ def _write_gif(frames: np.ndarray, path: Path, fps: int) -> None:
 def _save_png_folder(frames: np.ndarray, folder: Path) -> Path:
     from PIL import Image
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent))
+    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.part")
+    tmp.mkdir()
     try:
         for i, frame in enumerate(frames):
             Image.fromarray(frame).save(tmp / f"frame_{i:04d}.png")
