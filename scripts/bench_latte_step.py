@@ -9,6 +9,7 @@ A first measurement; `videosys bench` (issue 8) grows out of it. Prints a markdo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -73,11 +74,8 @@ def main() -> None:
         if not args.no_diffusers:
             from diffusers import LatteTransformer3DModel
 
-            ref = LatteTransformer3DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
-                                          num_layers=28, cross_attention_dim=1152, attention_bias=True, sample_size=64,
-                                          patch_size=2, activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
-                                          norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
-                                          caption_channels=4096, video_length=args.frames)
+            # LatteConfig's fields are diffusers' config keys, so the same config builds the reference.
+            ref = LatteTransformer3DModel(**{**dataclasses.asdict(config), "video_length": args.frames})
             ref.load_state_dict(ours.state_dict())
             ref = ref.to(device=device, dtype=dtype).eval()
             rows["diffusers step (ms)"] = statistics.median(

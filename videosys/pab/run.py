@@ -84,7 +84,7 @@ class PABRun:
         if reuse and key in self._cache:
             self.stats.broadcast[kind] += 1
             out = self._cache[key]
-            if not keep and not self._reused_next(kind, block):
+            if not self._reused_next(kind, block):
                 del self._cache[key]
             return out  # type: ignore[return-value]
         out = fn()

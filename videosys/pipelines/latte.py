@@ -63,24 +63,16 @@ class LattePipeline(Pipeline):
     def encode_text(self, prompt: str, negative_prompt: str, guidance: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """T5 embeddings of the prompt cut to its L valid tokens, and of the negative prompt cut to the same
         L (the reference's single-prompt masking); the negative is None without CFG."""
-        max_length = self.config.text_max_length
-
-        def embed(text: str) -> tuple[torch.Tensor, torch.Tensor]:
-            tokens = self.tokenizer(
-                [text.lower().strip()], padding="max_length", max_length=max_length, truncation=True,
-                return_attention_mask=True, add_special_tokens=True, return_tensors="pt",
-            )
-            mask = tokens.attention_mask.to(self.device)
-            hidden = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
-            return hidden.to(self.dtype), mask
-
-        cond, mask = embed(prompt)
-        length = int(mask.sum().item())
-        cond = cond[:, :length]
-        if guidance <= 1.0:
-            return cond, None
-        uncond, _ = embed(negative_prompt)
-        return cond, uncond[:, :length]
+        texts = [prompt] if guidance <= 1.0 else [prompt, negative_prompt]
+        tokens = self.tokenizer(
+            [t.lower().strip() for t in texts], padding="max_length", max_length=self.config.text_max_length,
+            truncation=True, return_attention_mask=True, add_special_tokens=True, return_tensors="pt",
+        )
+        mask = tokens.attention_mask.to(self.device)
+        hidden = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0].to(self.dtype)
+        length = int(mask[0].sum().item())  # one host read per request, outside the denoise loop
+        hidden = hidden[:, :length]
+        return hidden[:1], (hidden[1:] if len(texts) > 1 else None)
 
     def denoise(self, request: GenerationRequest, cond: torch.Tensor, uncond: torch.Tensor | None,
                 progress: bool) -> tuple[torch.Tensor, dict[str, dict[str, int]]]:
