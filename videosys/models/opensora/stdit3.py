@@ -1,0 +1,733 @@
+"""Open-Sora 1.2 denoiser (STDiT3), checkpoint-compatible with ``hpcai-tech/OpenSora-STDiT-v3``.
+
+The checkpoint is a transformers ``PreTrainedModel`` folder: ``config.json`` (model_type ``"STDiT3"``) and
+an fp32 ``model.safetensors``. :meth:`STDiT3.from_pretrained` builds the model on the meta device, checks
+every key and shape, and casts the tensors to the requested dtype.
+
+Structure (``C`` = hidden size, ``S`` = patches per frame, ``T`` = latent frames)::
+
+    x [B, in, T, H, W] --pad to patch multiples--> Conv3d patches [B, T*S, C] (frame-major)
+      + 2D sin-cos position table (one table for every frame, its scale follows the *pixel* size)
+    t = t_embedder(timestep) + fps_embedder(fps);  t_mlp = t_block(t)  (adaLN-single, 6 rows per sample)
+    y = y_embedder(caption)  (once per forward)
+    for d in 0..depth-1: spatial_blocks[d], then temporal_blocks[d]
+    final_layer (modulated by t) -> unpatchify -> crop the padding -> float32
+
+Each block: ``x += gate_msa * self_attn(modulate(LN(x)))``; ``x += cross_attn(x, y)``;
+``x += gate_mlp * mlp(modulate(LN(x)))``. Spatial blocks attend over the ``S`` tokens of a frame, temporal
+blocks over the ``T`` frames of a spatial position, with RoPE on their q/k (after the qk RMS-norm).
+Every block, temporal ones included, has cross-attention; a sample's tokens attend only to that sample's
+valid text tokens.
+
+Timestep rounding: the official model casts the timestep to its (bf16) dtype before embedding it, so
+e.g. 977.3 is embedded as 976. This model rounds the timestep through bf16 by default whatever its own
+dtype (``round_timestep=True``), so that an fp32 run reproduces the conditioning of the official bf16
+run. Pass ``round_timestep=False`` to embed the timestep as given.
+
+Pyramid Attention Broadcast: the spatial self-attention (kind ``"spatial"``), the temporal
+self-attention (``"temporal"``), the cross-attention of both block types (``"cross"``, site
+``"spatial"``/``"temporal"``) and the MLPs (``"mlp"``, site ``"spatial"``/``"temporal"``) go through
+:func:`videosys.pab.run_module` with the depth index as block. As in the reference, what is computed
+and kept is the module output *after* its gate (``gate_msa * attn``, ``gate_mlp * mlp``) and the raw
+cross-attention output; each ``fn`` holds the norm, modulation and attention, so a broadcast skips it all.
+
+Not supported (inference only): the video-to-video temporal mask ``x_mask``, dropout/drop-path,
+``skip_y_embedder``. The kernel and training flags of the config are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from videosys.pab import PABRun, run_module
+
+from ..layers.attention import scaled_dot_product
+from ..layers.embeddings import timestep_sinusoids
+from ..layers.norms import RMSNorm
+from ..layers.rope import RotaryEmbedding, apply_rotary
+from ..weights import load_pretrained
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["STDiT3", "STDiT3Block", "STDiT3Config", "spatial_pos_table"]
+
+MODEL_TYPE = "STDiT3"
+WEIGHTS_NAME = "model"
+DEFAULT_FPS = 24.0
+LATENT_TO_PIXEL = 8
+NORM_EPS = 1e-6
+FREQ_CHANNELS = 256
+
+#: config.json keys written by transformers itself; ignored.
+_BOOKKEEPING_KEYS = frozenset({"architectures", "model_type", "torch_dtype", "transformers_version", "_name_or_path"})
+#: training / kernel switches of the official config; accepted, without effect at inference.
+_IGNORED_FLAGS = (
+    "class_dropout_prob",
+    "drop_path",
+    "enable_flash_attn",
+    "enable_layernorm_kernel",
+    "enable_sequence_parallelism",
+    "only_train_temporal",
+    "freeze_y_embedder",
+)
+
+TensorOrNumber = Union[torch.Tensor, int, float]
+
+
+# -- config -----------------------------------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class STDiT3Config:
+    """Fields of the official ``config.json`` (``STDiT3Config``); the defaults are the released model's.
+
+    ``input_size`` is carried for completeness (the model is size-agnostic). ``class_dropout_prob``,
+    ``drop_path`` and the ``enable_*`` / ``only_train_temporal`` / ``freeze_y_embedder`` switches only matter
+    for training or kernel selection and are ignored. ``skip_y_embedder`` must be false.
+    """
+
+    input_size: Optional[tuple[Optional[int], ...]] = (None, None, None)
+    input_sq_size: int = 512
+    in_channels: int = 4
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    class_dropout_prob: float = 0.1
+    pred_sigma: bool = True
+    drop_path: float = 0.0
+    caption_channels: int = 4096
+    model_max_length: int = 300
+    qk_norm: bool = True
+    enable_flash_attn: bool = False
+    enable_layernorm_kernel: bool = False
+    enable_sequence_parallelism: bool = False
+    only_train_temporal: bool = False
+    freeze_y_embedder: bool = False
+    skip_y_embedder: bool = False
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; keep tuples so the config stays hashable.
+        if isinstance(self.patch_size, list):
+            object.__setattr__(self, "patch_size", tuple(self.patch_size))
+        if isinstance(self.input_size, list):
+            object.__setattr__(self, "input_size", tuple(self.input_size))
+        self._validate()
+
+    def _validate(self) -> None:
+        def bad(field: str, allowed: str) -> ValueError:
+            return ValueError(f"STDiT3 config {field}: {getattr(self, field)!r} not allowed (allowed: {allowed})")
+
+        ps = self.patch_size
+        if not isinstance(ps, tuple) or len(ps) != 3 or not all(_is_int(p) and p >= 1 for p in ps):
+            raise bad("patch_size", "3 positive integers [t, h, w]")
+        ins = self.input_size
+        if ins is not None and (
+            not isinstance(ins, tuple) or len(ins) != 3 or not all(v is None or (_is_int(v) and v > 0) for v in ins)
+        ):
+            raise bad("input_size", "null or 3 entries, each null or a positive integer")
+        for field in ("in_channels", "hidden_size", "depth", "num_heads", "caption_channels", "model_max_length"):
+            v = getattr(self, field)
+            if not _is_int(v) or v < 1:
+                raise bad(field, "a positive integer")
+        if not _is_number(self.input_sq_size) or self.input_sq_size <= 0:
+            raise bad("input_sq_size", "a positive number")
+        if not _is_number(self.mlp_ratio) or self.mlp_ratio <= 0 or int(self.hidden_size * self.mlp_ratio) < 1:
+            raise bad("mlp_ratio", "a positive number")
+        if self.hidden_size % self.num_heads != 0:
+            raise bad("hidden_size", f"a multiple of num_heads ({self.num_heads})")
+        if self.hidden_size % 4 != 0:
+            raise bad("hidden_size", "a multiple of 4 (the 2D sin-cos position table)")
+        if (self.hidden_size // self.num_heads) % 2 != 0:
+            raise bad("hidden_size", f"hidden_size / num_heads even (RoPE pairs channels), num_heads {self.num_heads}")
+        for field in ("pred_sigma", "qk_norm"):
+            if not isinstance(getattr(self, field), bool):
+                raise bad(field, "true or false")
+        if self.skip_y_embedder is not False:
+            raise bad("skip_y_embedder", "false (pre-embedded captions are not supported)")
+
+    # -- derived --------------------------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def out_channels(self) -> int:
+        """``2 * in_channels`` with a learned sigma (``pred_sigma``), else ``in_channels``."""
+        return 2 * self.in_channels if self.pred_sigma else self.in_channels
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.hidden_size * self.mlp_ratio)
+
+    # -- (de)serialisation ------------------------------------------------------------------------------------
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> "STDiT3Config":
+        """Build from the official ``config.json`` dict.
+
+        transformers bookkeeping keys are dropped, unknown keys ignored (debug log), the training/kernel
+        switches logged at debug. A ``model_type`` other than ``"STDiT3"`` is a ``ValueError``.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"STDiT3 config: expected a mapping, got {type(data).__name__}")
+        model_type = data.get("model_type", MODEL_TYPE)
+        if model_type != MODEL_TYPE:
+            raise ValueError(f"STDiT3 config model_type: {model_type!r} not allowed (allowed: {MODEL_TYPE!r})")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in data if k not in names and k not in _BOOKKEEPING_KEYS)
+        if unknown:
+            logger.debug("STDiT3 config: ignoring unknown keys %s", unknown)
+        flags = {k: data[k] for k in _IGNORED_FLAGS if k in data}
+        if flags:
+            logger.debug("STDiT3 config: training/kernel switches without effect here: %s", flags)
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The official ``config.json`` fields (no transformers bookkeeping keys)."""
+        out = dataclasses.asdict(self)
+        out["patch_size"] = list(self.patch_size)
+        out["input_size"] = None if self.input_size is None else list(self.input_size)
+        return out
+
+
+# -- position table ---------------------------------------------------------------------------------------
+
+
+def spatial_pos_table(
+    dim: int,
+    grid_h: int,
+    grid_w: int,
+    scale: float,
+    base_size: Optional[int] = None,
+    device: Union[str, torch.device, None] = None,
+) -> torch.Tensor:
+    """Open-Sora's 2D sin-cos table ``[grid_h * grid_w, dim]`` (float32), tokens in row-major order.
+
+    Coordinates: ``row_i = i / scale * (base_size / grid_h)``, ``col_j = j / scale * (base_size / grid_w)``
+    with ``base_size = round(sqrt(grid_h * grid_w))`` by default. Token ``(i, j)`` gets
+    ``[sin(col_j w) | cos(col_j w) | sin(row_i w) | cos(row_i w)]`` with ``w_k = 1 / 10000^(2k / (dim/2))``,
+    ``k < dim / 4``: the first half of the channels encodes the column, the second half the row.
+    """
+    if dim % 4 != 0:
+        raise ValueError(f"2D sin-cos table dim must be a multiple of 4, got {dim}")
+    if base_size is None:
+        base_size = round(math.sqrt(grid_h * grid_w))
+    half = dim // 2
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, half, 2, device=device, dtype=torch.float32) / half))
+    rows = torch.arange(grid_h, device=device, dtype=torch.float32) / scale * (base_size / grid_h)
+    cols = torch.arange(grid_w, device=device, dtype=torch.float32) / scale * (base_size / grid_w)
+    col_ang = (cols[:, None] * inv_freq[None, :])[None, :, :].expand(grid_h, grid_w, -1)
+    row_ang = (rows[:, None] * inv_freq[None, :])[:, None, :].expand(grid_h, grid_w, -1)
+    table = torch.cat([col_ang.sin(), col_ang.cos(), row_ang.sin(), row_ang.cos()], dim=-1)
+    return table.reshape(grid_h * grid_w, dim)
+
+
+# -- small modules (parameter names follow the official checkpoint) ---------------------------------------
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class Mlp(nn.Module):
+    """``fc1`` -> tanh-GELU -> ``fc2`` (timm ``Mlp`` names)."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: Optional[int] = None) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc2 = nn.Linear(hidden_features, in_features if out_features is None else out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class SinusoidEmbedder(nn.Module):
+    """256-channel ``[cos | sin]`` sinusoid of a scalar per sample, then ``mlp.0`` -> SiLU -> ``mlp.2``.
+
+    Used for both the timestep (``t_embedder``) and the frame rate (``fps_embedder``).
+    """
+
+    def __init__(self, hidden_size: int, freq_channels: int = FREQ_CHANNELS) -> None:
+        super().__init__()
+        self.freq_channels = freq_channels
+        self.mlp = nn.Sequential(nn.Linear(freq_channels, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``values`` ``[B]`` -> ``[B, C]``; the sinusoid is formed in float32 and cast to ``dtype``."""
+        return self.mlp(timestep_sinusoids(values, self.freq_channels, flip_sin_to_cos=True).to(dtype))
+
+
+class CaptionEmbedder(nn.Module):
+    """Caption projection ``y_proj`` (``fc1`` 4096 -> C, tanh-GELU, ``fc2``) and the learned null caption.
+
+    ``y_embedding`` ``[model_max_length, caption_channels]`` is a *persistent buffer* (in the checkpoint):
+    the unconditional caption used for classifier-free guidance, cut by the prompt's mask like the prompt.
+    """
+
+    def __init__(self, caption_channels: int, hidden_size: int, token_num: int) -> None:
+        super().__init__()
+        self.y_proj = Mlp(caption_channels, hidden_size, hidden_size)
+        self.register_buffer("y_embedding", torch.randn(token_num, caption_channels) / caption_channels**0.5)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.y_proj(y)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: ``qkv`` (split as 3 x heads x head_dim), optional RMS qk-norm
+    (``q_norm``, ``k_norm`` over head_dim, eps 1e-6), optional RoPE after the norm, ``proj``."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm: nn.Module = RMSNorm(self.head_dim, eps=NORM_EPS) if qk_norm else nn.Identity()
+        self.k_norm: nn.Module = RMSNorm(self.head_dim, eps=NORM_EPS) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    ) -> torch.Tensor:
+        """``x`` ``[N, L, C]`` -> ``[N, L, C]``; ``rope``: float32 ``(cos, sin)`` ``[L, head_dim]`` or ``None``."""
+        n, length, c = x.shape
+        qkv = self.qkv(x).view(n, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # [N, heads, L, head_dim]
+        if length == 1:
+            out = v  # softmax over one key is exactly 1: the output is v (no norm/RoPE needed)
+        else:
+            q, k = self.q_norm(q), self.k_norm(k)
+            if rope is not None:
+                cos, sin = rope
+                q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            out = scaled_dot_product(q, k, v)
+        out = out.transpose(1, 2).reshape(n, length, c)
+        return self.proj(out)
+
+
+class CrossAttention(nn.Module):
+    """Video tokens attend to text tokens: ``q_linear``, ``kv_linear`` (split 2 x heads x head_dim), ``proj``."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q_linear = nn.Linear(dim, dim)
+        self.kv_linear = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x`` ``[B, N, C]`` attends to ``y`` ``[B, L, C]`` of the same sample; ``key_mask``: boolean
+        ``[B, L]`` (``True`` = valid token) or ``None`` when every token is valid."""
+        b, n, c = x.shape
+        length = y.shape[1]
+        q = self.q_linear(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        kv = self.kv_linear(y).view(b, length, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = scaled_dot_product(q, k, v, mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class STDiT3Block(nn.Module):
+    """One spatial or temporal STDiT3 block (keys ``attn.*``, ``cross_attn.*``, ``mlp.*``, ``scale_shift_table``).
+
+    ``x`` is always ``[B, T*S, C]`` (frame-major); the block regroups it for its self-attention.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_hidden: int, qk_norm: bool, temporal: bool) -> None:
+        super().__init__()
+        self.temporal = temporal
+        self.kind = "temporal" if temporal else "spatial"
+        self.hidden_size = hidden_size
+        self.norm1 = nn.LayerNorm(hidden_size, eps=NORM_EPS, elementwise_affine=False)
+        self.attn = SelfAttention(hidden_size, num_heads, qk_norm)
+        self.cross_attn = CrossAttention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size, eps=NORM_EPS, elementwise_affine=False)
+        self.mlp = Mlp(hidden_size, mlp_hidden)
+        self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
+
+    # -- the broadcastable pieces (each returns what PAB keeps) -------------------------------------------
+    def spatial_attention(self, h: torch.Tensor, frames: int, tokens: int) -> torch.Tensor:
+        """Attention over the ``S`` tokens of each frame: ``[B, T*S, C]`` viewed as ``[B*T, S, C]``.
+        (Sequence-parallel communication belongs here.)"""
+        b, n, c = h.shape
+        return self.attn(h.reshape(b * frames, tokens, c)).reshape(b, n, c)
+
+    def temporal_attention(
+        self, h: torch.Tensor, frames: int, tokens: int, rope: Optional[tuple[torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor:
+        """Attention over the ``T`` frames of each spatial position: ``[B*S, T, C]``, RoPE on q/k."""
+        b, n, c = h.shape
+        h = h.reshape(b, frames, tokens, c).transpose(1, 2).reshape(b * tokens, frames, c)
+        h = self.attn(h, rope=rope)
+        return h.reshape(b, tokens, frames, c).transpose(1, 2).reshape(b, n, c)
+
+    def self_attention(
+        self,
+        x: torch.Tensor,
+        shift: torch.Tensor,
+        scale: torch.Tensor,
+        gate: torch.Tensor,
+        frames: int,
+        tokens: int,
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        """``gate * attn(modulate(norm1(x)))``: everything the self-attention costs (kept by PAB)."""
+        h = _modulate(self.norm1(x), shift, scale)
+        if self.temporal:
+            h = self.temporal_attention(h, frames, tokens, rope)
+        else:
+            h = self.spatial_attention(h, frames, tokens)
+        return gate * h
+
+    def cross_attention(self, x: torch.Tensor, y: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Cross-attention output (no norm, no gate; kept by PAB)."""
+        return self.cross_attn(x, y, key_mask)
+
+    def feed_forward(
+        self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor
+    ) -> torch.Tensor:
+        """``gate * mlp(modulate(norm2(x)))`` (kept by PAB)."""
+        return gate * self.mlp(_modulate(self.norm2(x), shift, scale))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        key_mask: Optional[torch.Tensor],
+        t_mlp: torch.Tensor,
+        frames: int,
+        tokens: int,
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        *,
+        pab: Optional[PABRun] = None,
+        block: int = 0,
+    ) -> torch.Tensor:
+        """One block step.
+
+        Args:
+            x: ``[B, T*S, C]`` tokens, frame-major.
+            y: embedded text ``[B, L, C]``; ``key_mask`` its boolean ``[B, L]`` validity or ``None``.
+            t_mlp: ``[B, 6C]`` adaLN-single rows.
+            frames, tokens: ``T`` and ``S``.
+            rope: ``(cos, sin)`` tables for ``T`` positions (used by temporal blocks only).
+            pab: the request's PAB run or ``None``; block: the depth index.
+        """
+        b, _, c = x.shape
+        mods = (self.scale_shift_table[None] + t_mlp.reshape(b, 6, c)).chunk(6, dim=1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods  # each [B, 1, C]
+        site = self.kind
+
+        x_attn_in = x
+        attn = run_module(
+            pab,
+            self.kind,
+            block,
+            lambda: self.self_attention(x_attn_in, shift_msa, scale_msa, gate_msa, frames, tokens, rope),
+        )
+        x = x + attn
+
+        x_cross_in = x
+        cross = run_module(pab, "cross", block, lambda: self.cross_attention(x_cross_in, y, key_mask), site=site)
+        x = x + cross
+
+        x_mlp_in = x
+        mlp = run_module(
+            pab, "mlp", block, lambda: self.feed_forward(x_mlp_in, shift_mlp, scale_mlp, gate_mlp), site=site
+        )
+        return x + mlp
+
+
+class PatchEmbed3D(nn.Module):
+    """Zero-pad ``[B, C, T, H, W]`` at the end of W, H, T to patch multiples; ``proj`` Conv3d (stride =
+    kernel = patch); flatten to ``[B, T'*H'*W', C]``."""
+
+    def __init__(self, patch_size: Sequence[int], in_channels: int, hidden_size: int) -> None:
+        super().__init__()
+        self.patch_size = tuple(patch_size)
+        self.proj = nn.Conv3d(in_channels, hidden_size, kernel_size=self.patch_size, stride=self.patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pt, ph, pw = self.patch_size
+        _, _, t, h, w = x.shape
+        pad = ((-w) % pw, (-h) % ph, (-t) % pt)
+        if any(pad):
+            x = F.pad(x, (0, pad[0], 0, pad[1], 0, pad[2]))
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class FinalLayer(nn.Module):
+    """LN (no affine) modulated by ``t`` (``scale_shift_table`` [2, C]: shift, scale), then ``linear``."""
+
+    def __init__(self, hidden_size: int, num_patch: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, eps=NORM_EPS, elementwise_affine=False)
+        self.linear = nn.Linear(hidden_size, num_patch * out_channels)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.scale_shift_table[None] + t[:, None]).chunk(2, dim=1)
+        return self.linear(_modulate(self.norm_final(x), shift, scale))
+
+
+# -- the model --------------------------------------------------------------------------------------------
+
+
+class STDiT3(nn.Module):
+    """Open-Sora 1.2 STDiT3 denoiser.
+
+    ``forward(x [B, in, T, H, W], timestep [B], y [B, L, caption_channels], mask [B, L])`` returns the
+    prediction ``[B, out_channels, T, H, W]`` in float32 (as the official model: it casts its output to
+    float32). With ``pred_sigma`` the first ``in_channels`` channels are the velocity, the rest the unused
+    learned sigma.
+
+    Args:
+        config: the model config.
+        round_timestep: round the timestep through bf16 before embedding it (default; reproduces the
+            official bf16 conditioning, e.g. 977.3 -> 976, also in an fp32 model). Not a config.json field.
+    """
+
+    config_class: ClassVar[type] = STDiT3Config
+    #: checkpoint keys the model knowingly does not use (none).
+    ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = ()
+    #: spatial and temporal MLPs of one depth index are two PAB sites.
+    pab_mlp_sites: ClassVar[int] = 2
+
+    def __init__(self, config: STDiT3Config, *, round_timestep: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.round_timestep = round_timestep
+        c = config.hidden_size
+        self.hidden_size = c
+        self.in_channels = config.in_channels
+        self.out_channels = config.out_channels
+        self.patch_size = tuple(config.patch_size)
+
+        self.rope = RotaryEmbedding(config.head_dim)
+        self.x_embedder = PatchEmbed3D(self.patch_size, config.in_channels, c)
+        self.t_embedder = SinusoidEmbedder(c)
+        self.fps_embedder = SinusoidEmbedder(c)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(c, 6 * c))
+        self.y_embedder = CaptionEmbedder(config.caption_channels, c, config.model_max_length)
+        self.spatial_blocks = nn.ModuleList([self._make_block(config, temporal=False) for _ in range(config.depth)])
+        self.temporal_blocks = nn.ModuleList([self._make_block(config, temporal=True) for _ in range(config.depth)])
+        self.final_layer = FinalLayer(c, math.prod(self.patch_size), self.out_channels)
+
+    @staticmethod
+    def _make_block(config: STDiT3Config, temporal: bool) -> STDiT3Block:
+        return STDiT3Block(config.hidden_size, config.num_heads, config.mlp_hidden, config.qk_norm, temporal)
+
+    # -- loading ----------------------------------------------------------------------------------------------
+    @classmethod
+    def from_config_dict(cls, data: Mapping[str, Any], *, round_timestep: bool = True) -> "STDiT3":
+        """Build (randomly initialised) from a ``config.json`` dict."""
+        return cls(cls.config_class.from_json_dict(data), round_timestep=round_timestep)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: Union[str, Path],
+        dtype: Optional[torch.dtype] = None,
+        device: Union[str, torch.device, None] = None,
+        *,
+        round_timestep: bool = True,
+    ) -> "STDiT3":
+        """Load an official-layout folder (``config.json`` + ``model.safetensors``), cast to ``dtype``
+        (default: torch's default dtype) on ``device`` (default CPU); strict key and shape check."""
+        return load_pretrained(
+            lambda data: cls.from_config_dict(data, round_timestep=round_timestep),
+            folder,
+            dtype=dtype,
+            device=device,
+            weights_name=WEIGHTS_NAME,
+        )
+
+    # -- accessors --------------------------------------------------------------------------------------------
+    @property
+    def null_caption(self) -> torch.Tensor:
+        """The learned unconditional caption ``[model_max_length, caption_channels]`` (``y_embedder.y_embedding``).
+
+        For classifier-free guidance, cut it to the prompt's text length and give it the prompt's mask.
+        """
+        return self.y_embedder.y_embedding
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x_embedder.proj.weight.dtype
+
+    def pab_blocks(self) -> dict[str, int]:
+        """Modules per PAB kind in one forward, for ``PABPlan.expected_counts(..., mlp_sites=2)``: every
+        block has a cross-attention (``2 * depth``); the MLPs are ``depth`` per site, 2 sites."""
+        d = self.config.depth
+        return {"spatial": d, "temporal": d, "cross": 2 * d, "mlp": d}
+
+    # -- input handling -----------------------------------------------------------------------------------------
+    @staticmethod
+    def _per_sample(
+        value: Optional[TensorOrNumber], batch: int, name: str, default: float, device: torch.device
+    ) -> torch.Tensor:
+        """A float32 ``[B]`` tensor from ``None`` (default), a number, a scalar or a ``[B]`` tensor."""
+        if value is None:
+            value = default
+        t = torch.as_tensor(value, device=device)
+        if t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"{name} must be real numbers, got dtype {t.dtype}")
+        t = t.to(torch.float32)
+        if t.ndim == 0:
+            t = t.expand(batch)
+        t = t.reshape(-1)
+        if t.shape[0] == 1 and batch != 1:
+            t = t.expand(batch)
+        if t.shape[0] != batch:
+            raise ValueError(
+                f"{name} must be a number or have one value per sample [{batch}], got shape {list(t.shape)}"
+            )
+        return t
+
+    @staticmethod
+    def _pixel_size(value: Optional[TensorOrNumber], default: int, name: str) -> float:
+        if value is None:
+            return float(default)
+        if isinstance(value, torch.Tensor):
+            if value.numel() == 0:
+                raise ValueError(f"{name} tensor is empty")
+            value = value.reshape(-1)[0].item()  # one size per batch, as the reference reads it
+        try:
+            px = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            px = float("nan")
+        if isinstance(value, bool) or not px > 0 or math.isinf(px):
+            raise ValueError(f"{name} must be a positive number of pixels, got {value!r}")
+        return px
+
+    def _text(
+        self, y: torch.Tensor, mask: Optional[torch.Tensor], batch: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Embedded text ``[B, L', C]`` and its boolean key mask (``None`` when all ``L'`` tokens are valid).
+
+        Columns after the last valid token of the whole batch are dropped first; when the valid tokens of
+        every sample are then the full prefix, no mask is needed (fast attention kernels apply).
+        """
+        if y.ndim == 4 and y.shape[1] == 1:
+            y = y[:, 0]  # the reference's [B, 1, L, C] layout
+        if y.ndim != 3 or y.shape[0] != batch or y.shape[2] != self.config.caption_channels:
+            raise ValueError(
+                f"y must be [batch={batch}, text_len, caption_channels={self.config.caption_channels}], "
+                f"got {list(y.shape)}"
+            )
+        length = y.shape[1]
+        if length == 0:
+            raise ValueError("y has no text tokens")
+        key_mask: Optional[torch.Tensor] = None
+        if mask is not None:
+            if mask.ndim == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
+                mask = mask[:, 0, 0]
+            if tuple(mask.shape) != (batch, length):
+                raise ValueError(f"mask must be [batch, text_len] = {[batch, length]}, got {list(mask.shape)}")
+            if mask.dtype != torch.bool:
+                if bool(((mask != 0) & (mask != 1)).any()):
+                    raise ValueError("mask must be boolean or 0/1 (True/1 = valid token), not an additive bias")
+                mask = mask != 0
+            counts = mask.sum(dim=1)
+            empty = (counts == 0).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(f"mask: sample(s) {empty} have no valid text token (at least one is needed)")
+            valid_cols = mask.any(dim=0).nonzero().flatten()
+            used = int(valid_cols[-1].item()) + 1
+            if used < length:
+                y, mask = y[:, :used], mask[:, :used]
+            key_mask = None if bool(mask.all()) else mask.to(y.device)
+        return self.y_embedder(y.to(dtype)), key_mask
+
+    # -- forward ------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        x: torch.Tensor,
+        timestep: TensorOrNumber,
+        y: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        fps: Optional[TensorOrNumber] = None,
+        height: Optional[TensorOrNumber] = None,
+        width: Optional[TensorOrNumber] = None,
+        *,
+        pab: Optional[PABRun] = None,
+    ) -> torch.Tensor:
+        """Predict ``[B, out_channels, T, H, W]`` (float32) from latents ``x`` ``[B, in_channels, T, H, W]``.
+
+        Args:
+            x: noisy latents (any T/H/W; padded to patch multiples internally, the output is cropped back).
+            timestep: ``[B]`` float timesteps in [0, 1000] (or one number for the batch).
+            y: T5 features ``[B, L, caption_channels]`` (the unconditional branch: :attr:`null_caption` cut to
+                ``L`` tokens).
+            mask: ``[B, L]`` bool or 0/1, ``True`` = valid token; ``None`` = all valid. Samples may differ.
+            fps: frame rate per sample ``[B]`` or one number (default 24).
+            height, width: the video's *pixel* size (numbers, or tensors whose first entry is used);
+                default 8x the latent size. They set the scale of the position table.
+            pab: the request's PAB run (``begin_call()`` already called for this call) or ``None``.
+        """
+        if x.ndim != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must be [batch, {self.in_channels}, frames, height, width], got {list(x.shape)}")
+        dtype = self.dtype
+        device = x.device
+        b, _, t_in, h_in, w_in = x.shape
+        pt, ph, pw = self.patch_size
+        frames, gh, gw = -(-t_in // pt), -(-h_in // ph), -(-w_in // pw)
+        tokens = gh * gw
+        x = x.to(dtype)
+
+        # conditioning
+        ts = self._per_sample(timestep, b, "timestep", 0.0, device)
+        if self.round_timestep:
+            ts = ts.to(torch.bfloat16).float()
+        fps_t = self._per_sample(fps, b, "fps", DEFAULT_FPS, device)
+        t = self.t_embedder(ts, dtype) + self.fps_embedder(fps_t, dtype)  # [B, C]
+        t_mlp = self.t_block(t)  # [B, 6C]
+        text, key_mask = self._text(y, mask, b, dtype)
+
+        # patches + 2D positions (one table shared by every frame)
+        height_px = self._pixel_size(height, LATENT_TO_PIXEL * h_in, "height")
+        width_px = self._pixel_size(width, LATENT_TO_PIXEL * w_in, "width")
+        scale = math.sqrt(height_px * width_px) / self.config.input_sq_size
+        pos = spatial_pos_table(self.hidden_size, gh, gw, scale, device=device).to(dtype)
+        h = self.x_embedder(x)  # [B, T*S, C]
+        h = (h.view(b, frames, tokens, -1) + pos).view(b, frames * tokens, -1)
+
+        rope = self.rope.cos_sin(frames, device) if frames > 1 else None
+        for d, (spatial, temporal) in enumerate(zip(self.spatial_blocks, self.temporal_blocks)):
+            h = spatial(h, text, key_mask, t_mlp, frames, tokens, pab=pab, block=d)
+            h = temporal(h, text, key_mask, t_mlp, frames, tokens, rope, pab=pab, block=d)
+
+        h = self.final_layer(h, t)  # [B, T*S, pt*ph*pw*out]
+        return self._unpatchify(h, frames, gh, gw, (t_in, h_in, w_in)).float()
+
+    def _unpatchify(
+        self, h: torch.Tensor, frames: int, gh: int, gw: int, size: tuple[int, int, int]
+    ) -> torch.Tensor:
+        """``[B, T'*H'*W', pt*ph*pw*c]`` (channel index ``((tp*ph + hp)*pw + wp)*c + ci``) -> ``[B, c, T, H, W]``
+        cropped to ``size``."""
+        b = h.shape[0]
+        pt, ph, pw = self.patch_size
+        c = self.out_channels
+        h = h.reshape(b, frames, gh, gw, pt, ph, pw, c)
+        h = h.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, c, frames * pt, gh * ph, gw * pw)
+        t_in, h_in, w_in = size
+        return h[:, :, :t_in, :h_in, :w_in]
