@@ -40,7 +40,9 @@ def test_unknown_pab_preset(tiny_latte_dir):
         ({"guidance": float("nan")}, r"guidance: nan not allowed"),
         ({"seed": -1}, r"seed: -1 not allowed"),
         ({"fps": 0}, r"fps: 0 not allowed"),
-        ({"resolution": "480p"}, r"resolution: '480p' not allowed \(allowed: overrides negative_prompt"),
+        ({"resolution": "480p"}, r"resolution: '480p' not allowed \(allowed: height and width for latte"),
+        ({"quality": "high"}, r"quality: 'high' not allowed \(allowed: overrides negative_prompt"),
+        ({"frames": "2s"}, r"frames: '2s' not allowed \(allowed: 1, 4 for latte\)"),
     ],
 )
 def test_bad_request_fields(tiny_engine, overrides, pattern):

@@ -29,7 +29,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (<= 1 disables CFG)")
     p.add_argument("--seed", type=int, default=None, help="random seed")
-    p.add_argument("--frames", type=int, default=None, help="number of frames")
+    p.add_argument("--frames", default=None, help="number of frames, or a length name such as 2s (Open-Sora)")
+    p.add_argument("--resolution", default=None, help="size-table resolution, e.g. 480p (Open-Sora)")
+    p.add_argument("--aspect", default=None, help="size-table aspect ratio height:width, e.g. 9:16 (Open-Sora)")
     p.add_argument("--height", type=int, default=None, help="height in pixels")
     p.add_argument("--width", type=int, default=None, help="width in pixels")
     p.add_argument("--fps", type=int, default=None, help="frames per second of the written video")
@@ -78,7 +80,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                             pab=args.pab, progress=not args.no_progress)
     overrides = {
         "steps": args.steps, "guidance": args.guidance, "seed": args.seed, "frames": args.frames,
-        "height": args.height, "width": args.width, "fps": args.fps, "negative_prompt": args.negative_prompt,
+        "height": args.height, "width": args.width, "resolution": args.resolution, "aspect": args.aspect, "fps": args.fps, "negative_prompt": args.negative_prompt,
     }
     engine.make_request(args.prompt, **overrides)  # validate before loading any weights
     result = engine.generate(args.prompt, **overrides)
@@ -112,9 +114,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
         s = config.sampling
         presets = ", ".join(sorted(config.pab.presets)) + (f" (default {config.pab.default})" if config.pab.default else "")
         print(f"{name}: {config.description}")
-        print(f"  sizes {config.allowed.describe_sizes()}; frames {', '.join(map(str, config.allowed.frames))}; "
-              f"{s.steps} steps, guidance {s.guidance}")
-        print(f"  weights: default {config.weights_default}, official {config.weights_official}")
+        a = config.allowed
+        print(f"  sizes {a.describe_sizes()}; frames {a.describe_frames()}; {s.steps} steps, guidance {s.guidance}")
+        for res, aspects in a.resolutions.items():
+            print(f"    {res}: " + ", ".join(f"{k} {h}x{w}" for k, (h, w) in aspects.items()))
+        official = config.weights_official
+        if isinstance(official, dict):
+            official = ", ".join(f"{part} {repo}" for part, repo in official.items())
+        print(f"  weights: default {config.weights_default}, official {official}")
         print(f"  PAB presets: {presets}")
     return 0
 

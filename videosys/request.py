@@ -11,7 +11,9 @@ from .config import ModelConfig
 from .errors import RequestError
 from .pab import PABConfig, PABConfigError, resolve_pab
 
-OVERRIDABLE = ("negative_prompt", "seed", "frames", "height", "width", "steps", "guidance", "fps", "pab")
+OVERRIDABLE = (
+    "negative_prompt", "seed", "frames", "height", "width", "resolution", "aspect", "steps", "guidance", "fps", "pab",
+)
 MAX_STEPS = 1000
 
 
@@ -27,6 +29,8 @@ class GenerationRequest:
     guidance: float
     fps: int
     pab: PABConfig
+    resolution: str | None = None  # the size-table names the size came from (Open-Sora), if any
+    aspect: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +44,8 @@ class GenerationRequest:
             "guidance": self.guidance,
             "fps": self.fps,
             "pab": self.pab.to_dict(),
+            "resolution": self.resolution,
+            "aspect": self.aspect,
         }
 
 
@@ -54,20 +60,65 @@ def build_request(prompt: Any, config: ModelConfig, default_pab: PABConfig, over
         pab = resolve_pab(given["pab"], config.pab) if "pab" in overrides else default_pab
     except PABConfigError as exc:
         raise RequestError("pab", overrides["pab"], str(exc)) from None
+    height, width, resolution, aspect = _resolve_size(given, config)
     request = GenerationRequest(
         prompt=prompt,
         negative_prompt=given.get("negative_prompt", s.negative_prompt),
         seed=given.get("seed", s.seed),
-        frames=given.get("frames", s.frames),
-        height=given.get("height", s.height),
-        width=given.get("width", s.width),
+        frames=_resolve_frames(given.get("frames", s.frames), config),
+        height=height,
+        width=width,
         steps=given.get("steps", s.steps),
         guidance=given.get("guidance", s.guidance),
         fps=given.get("fps", s.fps),
         pab=pab,
+        resolution=resolution,
+        aspect=aspect,
     )
     validate_request(request, config)
     return replace(request, guidance=float(request.guidance), prompt=request.prompt.strip())
+
+
+def _resolve_frames(value: Any, config: ModelConfig) -> Any:
+    """A frame-count alias ("2s") or a digit string becomes its count; anything else is validated later."""
+    allowed = config.allowed
+    if isinstance(value, str):
+        text = value.strip()
+        if text in allowed.frame_aliases:
+            return allowed.frame_aliases[text]
+        if text.isdigit():
+            return int(text)
+        raise RequestError("frames", value, f"{allowed.describe_frames()} for {config.name}")
+    return value
+
+
+def _resolve_size(given: dict[str, Any], config: ModelConfig) -> tuple[Any, Any, str | None, str | None]:
+    """(height, width, resolution, aspect): explicit height/width, or a resolution/aspect of the size table
+    (a missing one of the pair comes from the model's defaults), or the defaults."""
+    s, allowed = config.sampling, config.allowed
+    named = [k for k in ("resolution", "aspect") if k in given]
+    explicit = [k for k in ("height", "width") if k in given]
+    if named and explicit:
+        raise RequestError(named[0], given[named[0]], "either resolution/aspect or height/width, not both")
+    if named:
+        if not allowed.resolutions:
+            raise RequestError(named[0], given[named[0]], f"height and width for {config.name} ({allowed.describe_sizes()})")
+        resolution = given.get("resolution", s.resolution or next(iter(allowed.resolutions)))
+        if not isinstance(resolution, str) or resolution not in allowed.resolutions:
+            raise RequestError("resolution", resolution, f"{', '.join(allowed.resolutions)} for {config.name}")
+        aspect = given.get("aspect", s.aspect)
+        if not isinstance(aspect, str) or aspect not in allowed.resolutions[resolution]:
+            raise RequestError("aspect", aspect, f"{allowed.describe_aspects(resolution)} at {resolution} (height:width)")
+        height, width = allowed.resolutions[resolution][aspect]
+        return height, width, resolution, aspect
+    if explicit:
+        height, width = given.get("height", s.height), given.get("width", s.width)
+        for res, aspects in allowed.resolutions.items():  # name a table size when it is one
+            for aspect, hw in aspects.items():
+                if hw == (height, width):
+                    return height, width, res, aspect
+        return height, width, None, None
+    return s.height, s.width, s.resolution, s.aspect
 
 
 def _int_field(name: str, value: Any, allowed: str, minimum: int | None = None, maximum: int | None = None) -> None:
@@ -89,11 +140,16 @@ def validate_request(request: GenerationRequest, config: ModelConfig) -> None:
         raise RequestError("guidance", g, "a finite number >= 0 (1 or less switches classifier-free guidance off)")
     _int_field("fps", request.fps, "an integer from 1 to 120", 1, 120)
     allowed = config.allowed
-    if isinstance(request.frames, bool) or not isinstance(request.frames, int) or request.frames not in allowed.frames:
-        raise RequestError("frames", request.frames, f"{', '.join(map(str, allowed.frames))} for {config.name}")
+    if isinstance(request.frames, bool) or not isinstance(request.frames, int) or not allowed.allows_frames(request.frames):
+        raise RequestError("frames", request.frames, f"{allowed.describe_frames()} for {config.name}")
     for name in ("height", "width"):
         _int_field(name, getattr(request, name), f"sizes {allowed.describe_sizes()} for {config.name}", 1)
-    if (request.height, request.width) not in allowed.sizes:
+    if (request.height, request.width) not in allowed.all_sizes:
         raise RequestError(
             "height x width", f"{request.height}x{request.width}", f"{allowed.describe_sizes()} for {config.name}"
+        )
+    if request.negative_prompt and config.text.get("negative_prompt", True) is False:
+        raise RequestError(
+            "negative_prompt", request.negative_prompt,
+            f"an empty string for {config.name} (its unconditional branch is a learned null caption, not a prompt)",
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ..config import project_root
 from ..errors import WeightsNotFoundError
@@ -37,11 +37,24 @@ def check_layout(folder: Path, components: Sequence[str], what: str) -> Path:
     return folder
 
 
+def download_hint(official: str | Mapping[str, str] | None, folder: str | None = None) -> str:
+    """How to get the official weights into a local folder: one hub repository, or one per component."""
+    if not official:
+        return "pass --weights with a local checkpoint folder"
+    if isinstance(official, str):
+        name = folder or official.split("/")[-1]
+        return (f"download it where there is network (`hf download {official} --local-dir models/{name}`) "
+                f"and pass --weights models/{name}")
+    name = folder or "checkpoint"
+    steps = "; ".join(f"`hf download {repo} --local-dir models/{name}/{part}`" for part, repo in official.items())
+    return f"download its parts where there is network ({steps}) and pass --weights models/{name}"
+
+
 def resolve_checkpoint(
     weights: str | os.PathLike[str] | None,
     *,
     default: str | None,
-    official: str | None,
+    official: str | Mapping[str, str] | None,
     components: Sequence[str],
     what: str,
 ) -> Path:
@@ -51,12 +64,7 @@ def resolve_checkpoint(
     A hub id is fetched with huggingface_hub only when online (``HF_HUB_OFFLINE`` unset); offline the
     local hub cache is used if it holds the snapshot.
     """
-    hint = (
-        f"download it where there is network (`hf download {official} --local-dir models/{official.split('/')[-1]}`) "
-        f"and pass --weights models/{official.split('/')[-1]}"
-        if official
-        else "pass --weights with a local checkpoint folder"
-    )
+    hint = download_hint(official, what if not isinstance(official, str) else None)
     if weights is None:
         if default is None:
             raise WeightsNotFoundError(f"weights: none given and {what} has no default checkpoint; {hint}")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
 from .config import ATTENTION_KINDS, MLPBroadcast, PABConfig
+
+logger = logging.getLogger(__name__)
 
 # MLP actions per call, for the listed blocks.
 MLP_COMPUTE = "compute"  # compute, keep nothing
@@ -87,8 +90,23 @@ def _mlp_key_calls(mlp: MLPBroadcast, ts: tuple[float, ...]) -> set[int]:
     return calls
 
 
+def unmatched_mlp_keys(mlp: MLPBroadcast, ts: Sequence[float]) -> list[float]:
+    """The configured MLP timesteps that no call of the schedule ``ts`` matches (they broadcast nothing)."""
+    ts = tuple(float(t) for t in ts)
+    if mlp.match == "exact":
+        present = {int(t) for t in ts}
+        return [k for k in mlp.timesteps if int(k) not in present]
+    lo, hi = (min(ts), max(ts)) if ts else (0.0, -1.0)
+    return [k for k in mlp.timesteps if not lo <= k <= hi]
+
+
 def _mlp_actions(mlp: MLPBroadcast, ts: tuple[float, ...]) -> tuple[str, ...]:
     """A key call computes and keeps; the next ``skip_count`` calls reuse, unless one is itself a key."""
+    missed = unmatched_mlp_keys(mlp, ts)
+    if missed:
+        hint = " (match: nearest keeps them on for other schedules)" if mlp.match == "exact" else ""
+        logger.warning("PAB: MLP broadcast keys %s match no denoiser call of this schedule; they broadcast nothing%s",
+                       [int(k) if float(k).is_integer() else k for k in missed], hint)
     keys = _mlp_key_calls(mlp, ts)
     actions = [MLP_COMPUTE] * len(ts)
     for i in sorted(keys):
