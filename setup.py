@@ -26,7 +26,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["videosys", "videosys.*"]),
     include_package_data=True,
-    data_files=_data_files("configs", "models/README.md", "models/latte-smoke"),
+    data_files=_data_files("configs", "models/README.md", "models/latte-smoke", "models/opensora-smoke"),
     install_requires=[
         "torch>=2.3",
         "transformers>=4.40",

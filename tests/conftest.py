@@ -32,3 +32,18 @@ def tiny_engine(tiny_latte_dir: Path):
     from videosys import VideoSysEngine
 
     return VideoSysEngine("latte", weights=tiny_latte_dir, device="cpu", progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_opensora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Open-Sora 1.2 folder (transformer/, vae/, text_encoder/) with the official sizes table."""
+    from videosys.testing.tiny_opensora import write_tiny_opensora
+
+    return write_tiny_opensora(tmp_path_factory.mktemp("ckpt") / "tiny-opensora", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_opensora_engine(tiny_opensora_dir: Path):
+    from videosys import VideoSysEngine
+
+    return VideoSysEngine("opensora", weights=tiny_opensora_dir, device="cpu", progress=False)

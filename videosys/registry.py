@@ -71,4 +71,12 @@ def default_registry() -> ModelRegistry:
             aliases=("latte-1", "latte1"),
         )
     )
+    registry.register(
+        ModelSpec(
+            name="opensora",
+            pipeline="videosys.pipelines.opensora:OpenSoraPipeline",
+            config_path=configs / "opensora.yaml",
+            aliases=("open-sora", "opensora-1.2", "opensora1.2", "open-sora-1.2"),
+        )
+    )
     return registry

@@ -1,0 +1,140 @@
+"""Open-Sora 1.2: T5-XXL text encoder, STDiT3 transformer, Open-Sora VAE v1.2, RFLOW sampling
+(shared reference models.md section 1).
+
+A local checkpoint folder holds the three official repositories side by side::
+
+    transformer/    hpcai-tech/OpenSora-STDiT-v3   (config.json + model.safetensors)
+    vae/            hpcai-tech/OpenSora-VAE-v1.2   (config.json + model.safetensors)
+    text_encoder/   DeepFloyd/t5-v1_1-xxl          (T5 weights and its tokenizer files)
+    tokenizer/      optional; otherwise the tokenizer is read from text_encoder/
+
+Sampling follows the reference: the prompt gets the aesthetic-score suffix and is cleaned, T5 encodes it
+padded to 300 tokens with its mask; classifier-free guidance runs the batch ``[cond, null]`` where the
+unconditional input is the model's learned null caption cut by the same mask; the velocity of the first
+``in_channels`` output channels drives Euler steps over the RFLOW schedule; the latent is kept in float32
+between steps and cast to the model dtype for each call.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import ModelConfig
+from ..errors import WeightsNotFoundError
+from ..pab import PABScheduler
+from ..request import GenerationRequest
+from ..result import GenerationResult
+from ..schedulers.rflow import RFlowSchedule
+from ..text import clean_caption, with_aesthetic_score
+from .base import Pipeline, StageTimer, initial_noise, to_uint8_frames, transformers_dtype_kwarg
+
+logger = logging.getLogger(__name__)
+
+
+class OpenSoraPipeline(Pipeline):
+    components = ("transformer", "vae", "text_encoder")
+
+    def __init__(self, *, tokenizer, text_encoder, vae, transformer, config: ModelConfig,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.vae = vae
+        self.transformer = transformer
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        self.in_channels = transformer.config.in_channels
+
+    @classmethod
+    def load(cls, checkpoint: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype) -> "OpenSoraPipeline":
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        from ..models.opensora.stdit3 import STDiT3
+        from ..models.opensora.vae import OpenSoraVAE
+
+        checkpoint = Path(checkpoint)
+        logger.info("loading Open-Sora from %s on %s (%s)", checkpoint, device, dtype)
+        tokenizer_dir = checkpoint / "tokenizer" if (checkpoint / "tokenizer").is_dir() else checkpoint / "text_encoder"
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+            text_encoder = T5EncoderModel.from_pretrained(checkpoint / "text_encoder", **transformers_dtype_kwarg(dtype))
+        except (OSError, ValueError) as exc:
+            raise WeightsNotFoundError(f"weights: could not load the T5 text encoder of {str(checkpoint)!r}: {exc}") from None
+        vae = OpenSoraVAE.from_pretrained(checkpoint / "vae", dtype=dtype, device=device)
+        transformer = STDiT3.from_pretrained(checkpoint / "transformer", dtype=dtype, device=device)
+        for module in (text_encoder, vae, transformer):
+            module.to(device).eval().requires_grad_(False)
+        return cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                   config=config, device=device, dtype=dtype)
+
+    # -- stages -----------------------------------------------------------------------------------
+    def prepare_prompt(self, prompt: str) -> str:
+        """The text T5 sees: the aesthetic-score suffix, then caption cleaning (the reference's order)."""
+        text = with_aesthetic_score(prompt, self.config.text.get("aesthetic_score"))
+        if self.config.text.get("clean_caption", True):
+            text = clean_caption(text)
+        return text
+
+    def encode_text(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5 features ``[1, max_length, C]`` (model dtype) and the token mask ``[1, max_length]``."""
+        tokens = self.tokenizer(
+            [self.prepare_prompt(prompt)], padding="max_length", max_length=self.config.text_max_length,
+            truncation=True, return_attention_mask=True, add_special_tokens=True, return_tensors="pt",
+        )
+        mask = tokens.attention_mask.to(self.device)
+        hidden = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
+        return hidden.to(self.dtype), mask
+
+    def denoise(self, request: GenerationRequest, text: torch.Tensor, mask: torch.Tensor,
+                progress: bool) -> tuple[torch.Tensor, dict[str, dict[str, int]]]:
+        schedule = RFlowSchedule.create(request.steps, request.height, request.width, request.frames)
+        t_lat, h_lat, w_lat = self.vae.latent_size(request.frames, request.height, request.width)
+        shape = (1, self.vae.out_channels, t_lat, h_lat, w_lat)
+        # the reference draws the noise in the model dtype, then keeps the latent in float32
+        z = initial_noise(shape, request.seed, self.device, self.dtype).float()
+        cfg = request.guidance > 1.0
+        if cfg:
+            null = self.transformer.null_caption.to(device=self.device, dtype=text.dtype)[None, : text.shape[1]]
+            text, mask = torch.cat([text, null]), torch.cat([mask, mask])
+        batch = text.shape[0]
+        # fps, height and width go in as model-dtype tensors, as in the reference: in bfloat16 854 becomes 856,
+        # which sets the position-table scale the official weights were sampled with
+        fps, height, width = (torch.full((batch,), float(v), device=self.device, dtype=self.dtype)
+                              for v in (request.fps, request.height, request.width))
+        with PABScheduler(request.pab).new_run(schedule.model_timesteps) as run:
+            for i in tqdm(range(len(schedule)), desc="denoise", disable=not progress, leave=False):
+                run.begin_call()
+                z_in = z.to(self.dtype)
+                z_in = torch.cat([z_in, z_in]) if cfg else z_in
+                t = torch.full((batch,), schedule.timesteps[i], device=self.device)
+                out = self.transformer(z_in, t, text, mask, fps=fps, height=height, width=width, pab=run)
+                v = out[:, : self.in_channels].float()  # learned sigma: the velocity is the first half
+                if cfg:
+                    v_cond, v_uncond = v.chunk(2)
+                    v = v_uncond + request.guidance * (v_cond - v_uncond)
+                z = z + v * schedule.dts[i]
+            stats = run.stats.as_dict()
+        return z, stats
+
+    def decode(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """[1, C, T', h, w] latents -> [num_frames, 3, H, W] in [-1, 1] (chunked inside the VAE)."""
+        video = self.vae.decode(z.to(self.dtype), num_frames=num_frames)
+        return video[0, :, :num_frames].permute(1, 0, 2, 3)
+
+    # -- one request ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, request: GenerationRequest, progress: bool = True) -> GenerationResult:
+        timer = StageTimer(self.device)
+        with timer.stage("total"):
+            with timer.stage("text_encoder"):
+                text, mask = self.encode_text(request.prompt)
+            with timer.stage("denoise"):
+                z, stats = self.denoise(request, text, mask, progress)
+            with timer.stage("vae_decode"):
+                frames = to_uint8_frames(self.decode(z, request.frames))
+        return GenerationResult(frames=frames, fps=request.fps, request=request, timings=timer.seconds,
+                                pab_stats=stats, model=self.config.name)
