@@ -12,10 +12,10 @@ import argparse
 import dataclasses
 import json
 import statistics
-import time
 
 import torch
 
+from videosys.bench import cuda_timed
 from videosys.models.latte import LatteConfig, LatteTransformer3D
 from videosys.pab import PABConfig, PABScheduler
 
@@ -32,19 +32,6 @@ def random_latte(config: LatteConfig, device: torch.device, dtype: torch.dtype, 
             p.normal_(0.0, 0.02, generator=gen)
     model.init_nonpersistent_buffers(device)
     return model.to(dtype).eval().requires_grad_(False)
-
-
-def timed(fn, repeats: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main() -> None:
@@ -70,7 +57,7 @@ def main() -> None:
     out: dict[str, object] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": args.dtype,
                               "shape": [2, 4, args.frames, lat, lat]}
     with torch.inference_mode():
-        rows["ours step (ms)"] = statistics.median(timed(lambda: ours(x, t, text), args.repeats)) * 1e3
+        rows["ours step (ms)"] = statistics.median(cuda_timed(lambda: ours(x, t, text), args.repeats)) * 1e3
         if not args.no_diffusers:
             from diffusers import LatteTransformer3DModel
 
@@ -79,7 +66,7 @@ def main() -> None:
             ref.load_state_dict(ours.state_dict())
             ref = ref.to(device=device, dtype=dtype).eval()
             rows["diffusers step (ms)"] = statistics.median(
-                timed(lambda: ref(x, timestep=t, encoder_hidden_states=text, return_dict=False)[0], args.repeats)) * 1e3
+                cuda_timed(lambda: ref(x, timestep=t, encoder_hidden_states=text, return_dict=False)[0], args.repeats)) * 1e3
             ref_half = ref(x, timestep=t, encoder_hidden_states=text, return_dict=False)[0].float()
             ours_half = ours(x, t, text).float()
             out["max_abs_diff_vs_diffusers"] = (ref_half - ours_half).abs().max().item()
@@ -108,7 +95,7 @@ def main() -> None:
             "mlp": {"timesteps": [720, 640, 560, 480, 400], "blocks": [0, 1, 2, 3, 4], "skip_count": 2}})}
         for name, pab in presets.items():
             torch.cuda.reset_peak_memory_stats()
-            secs = statistics.median(timed(lambda: run_schedule(pab), max(1, args.repeats // 5), warmup=1))
+            secs = statistics.median(cuda_timed(lambda: run_schedule(pab), max(1, args.repeats // 5), warmup=1))
             rows[f"50 calls, PAB {name} (s)"] = secs
             rows[f"peak memory, PAB {name} (GiB)"] = torch.cuda.max_memory_allocated() / 2**30
         rows["PAB236 speedup (denoise)"] = rows["50 calls, PAB none (s)"] / rows["50 calls, PAB pab236 (s)"]

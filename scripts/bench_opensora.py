@@ -11,31 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
-from typing import Callable
 
 import torch
 
+from videosys.bench import cuda_timed
 from videosys.models.opensora import OpenSoraVAE, STDiT3, STDiT3Config
 from videosys.pab import PABConfig, PABScheduler
 from videosys.registry import default_registry
 from videosys.request import build_request
 from videosys.schedulers.rflow import RFlowSchedule, latent_frames
 from videosys.testing.tiny_opensora_vae import OFFICIAL_CONFIG
-
-
-def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
-    """Wall seconds of ``repeats`` calls after ``warmup`` calls, synchronising the GPU around each."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def random_init_(module: torch.nn.Module, seed: int) -> None:
@@ -97,7 +82,7 @@ def main() -> None:
     with torch.inference_mode():
         t = torch.full((2,), 500.0, device="cuda")
         rows["STDiT3 step, CFG batch 2 (ms)"] = statistics.median(
-            timed(lambda: model(x, t, y, mask, **size), args.repeats, warmup=2)) * 1e3
+            cuda_timed(lambda: model(x, t, y, mask, **size), args.repeats, warmup=2)) * 1e3
 
         def loop(pab: PABConfig) -> None:
             with PABScheduler(pab).new_run(schedule.model_timesteps) as run:
@@ -109,7 +94,7 @@ def main() -> None:
         for name, pab in presets.items():
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-            secs = statistics.median(timed(lambda: loop(pab), args.loop_repeats))
+            secs = statistics.median(cuda_timed(lambda: loop(pab), args.loop_repeats, warmup=1))
             rows[f"{len(schedule)} calls, PAB {name} (s)"] = secs
             rows[f"peak memory, PAB {name} (GiB)"] = torch.cuda.max_memory_allocated() / 2**30
         base = rows[f"{len(schedule)} calls, PAB none (s)"]
@@ -124,7 +109,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
             rows["VAE decode (s)"] = statistics.median(
-                timed(lambda: vae.decode(z, num_frames=request.frames), max(1, args.repeats // 2)))
+                cuda_timed(lambda: vae.decode(z, num_frames=request.frames), max(1, args.repeats // 2), warmup=1))
             rows["VAE decode peak above weights (GiB)"] = (torch.cuda.max_memory_allocated() - before) / 2**30
     out["results"] = rows
     print(f"device {out['device']}, torch {out['torch']}, bf16, video {out['size']}, latent {out['latent']}")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .config import ATTENTION_KINDS, MLPBroadcast, PABConfig
+
+if TYPE_CHECKING:
+    from .run import PABRun
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ class PABScheduler:
         blocks = frozenset(mlp.blocks) if mlp is not None else frozenset()
         return PABPlan(timesteps=ts, broadcast=broadcast, keep=keep, mlp_actions=actions, mlp_blocks=blocks)
 
-    def new_run(self, call_timesteps: Sequence[float]) -> "PABRun":
+    def new_run(self, call_timesteps: Sequence[float]) -> PABRun:
         from .run import PABRun
 
         return PABRun(self.plan(call_timesteps), config_name=self.config.name)
