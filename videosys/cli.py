@@ -120,7 +120,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
             print(f"    {res}: " + ", ".join(f"{k} {h}x{w}" for k, (h, w) in aspects.items()))
         official = config.weights_official
         if isinstance(official, dict):
-            official = ", ".join(f"{part} {repo}" for part, repo in official.items())
+            official = ", ".join(f"{repo} (folder root)" if part == "." else f"{part} {repo}"
+                                 for part, repo in official.items())
         print(f"  weights: default {config.weights_default}, official {official}")
         print(f"  PAB presets: {presets}")
     return 0

@@ -38,7 +38,8 @@ def check_layout(folder: Path, components: Sequence[str], what: str) -> Path:
 
 
 def download_hint(official: str | Mapping[str, str] | None, folder: str | None = None) -> str:
-    """How to get the official weights into a local folder: one hub repository, or one per component."""
+    """How to get the official weights into a local folder: one hub repository, or one per component
+    subfolder (the component ``"."`` is a repository that goes to the folder's root)."""
     if not official:
         return "pass --weights with a local checkpoint folder"
     if isinstance(official, str):
@@ -46,7 +47,9 @@ def download_hint(official: str | Mapping[str, str] | None, folder: str | None =
         return (f"download it where there is network (`hf download {official} --local-dir models/{name}`) "
                 f"and pass --weights models/{name}")
     name = folder or "checkpoint"
-    steps = "; ".join(f"`hf download {repo} --local-dir models/{name}/{part}`" for part, repo in official.items())
+    steps = "; ".join(
+        f"`hf download {repo} --local-dir models/{name}{'' if part == '.' else '/' + part}`" for part, repo in official.items()
+    )
     return f"download its parts where there is network ({steps}) and pass --weights models/{name}"
 
 

@@ -26,6 +26,9 @@ class Pipeline(ABC):
     @abstractmethod
     def load(cls, checkpoint: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype) -> "Pipeline": ...
 
+    def check(self, request: GenerationRequest) -> None:
+        """Raise if this loaded checkpoint cannot serve ``request`` (called for every request before any runs)."""
+
     @abstractmethod
     def generate(self, request: GenerationRequest, progress: bool = True) -> GenerationResult: ...
 
@@ -71,3 +74,19 @@ def transformers_dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
 
     key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
     return {key: dtype}
+
+
+def load_t5(checkpoint: Path, dtype: torch.dtype) -> tuple[object, torch.nn.Module]:
+    """The T5 tokenizer and encoder of a checkpoint folder: weights in ``text_encoder/``, tokenizer files in
+    ``tokenizer/`` or, as in the DeepFloyd repository, next to the weights."""
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    from ..errors import WeightsNotFoundError
+
+    tokenizer_dir = checkpoint / "tokenizer" if (checkpoint / "tokenizer").is_dir() else checkpoint / "text_encoder"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        text_encoder = T5EncoderModel.from_pretrained(checkpoint / "text_encoder", **transformers_dtype_kwarg(dtype))
+    except (OSError, ValueError) as exc:
+        raise WeightsNotFoundError(f"weights: could not load the T5 text encoder of {str(checkpoint)!r}: {exc}") from None
+    return tokenizer, text_encoder

@@ -16,6 +16,7 @@ from ..pab import PABScheduler
 from ..request import GenerationRequest
 from ..result import GenerationResult
 from ..schedulers import DiffusersSchedulerFactory
+from ..text import clean_caption
 from .base import Pipeline, StageTimer, initial_noise, to_uint8_frames, transformers_dtype_kwarg
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ class LattePipeline(Pipeline):
         self.config = config
         self.device = device
         self.dtype = dtype
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     @classmethod
     def load(cls, checkpoint: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype) -> "LattePipeline":
@@ -60,12 +60,19 @@ class LattePipeline(Pipeline):
                    scheduler_factory=scheduler, config=config, device=device, dtype=dtype)
 
     # -- stages -----------------------------------------------------------------------------------
+    def prepare_prompt(self, text: str) -> str:
+        """The text T5 sees: lower-cased and stripped as the reference; with ``text.clean_caption`` in the
+        model config also the reference caption cleaning (which lower-cases too)."""
+        if self.config.text.get("clean_caption", False):
+            return clean_caption(text)
+        return text.lower().strip()
+
     def encode_text(self, prompt: str, negative_prompt: str, guidance: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """T5 embeddings of the prompt cut to its L valid tokens, and of the negative prompt cut to the same
         L (the reference's single-prompt masking); the negative is None without CFG."""
         texts = [prompt] if guidance <= 1.0 else [prompt, negative_prompt]
         tokens = self.tokenizer(
-            [t.lower().strip() for t in texts], padding="max_length", max_length=self.config.text_max_length,
+            [self.prepare_prompt(t) for t in texts], padding="max_length", max_length=self.config.text_max_length,
             truncation=True, return_attention_mask=True, add_special_tokens=True, return_tensors="pt",
         )
         mask = tokens.attention_mask.to(self.device)
@@ -81,26 +88,36 @@ class LattePipeline(Pipeline):
         timesteps = scheduler.timesteps
         cfg = uncond is not None
         text = torch.cat([uncond, cond]) if cfg else cond
-        shape = (1, self.transformer.config.in_channels, request.frames,
-                 request.height // self.vae_scale_factor, request.width // self.vae_scale_factor)
-        latents = initial_noise(shape, request.seed, self.device, self.dtype) * scheduler.init_noise_sigma
+        transformer = self.transformer_for(request)
+        latents = initial_noise(self.latent_shape(request), request.seed, self.device, self.dtype)
+        latents = latents * scheduler.init_noise_sigma
         in_channels = latents.shape[1]
+        step_kwargs = self.scheduler_factory.step_kwargs
         with PABScheduler(request.pab).new_run([float(t) for t in timesteps]) as run:
             for t in tqdm(timesteps, desc="denoise", disable=not progress, leave=False):
                 run.begin_call()
                 model_in = torch.cat([latents, latents]) if cfg else latents
                 model_in = scheduler.scale_model_input(model_in, t)
                 t_batch = t.reshape(1).expand(model_in.shape[0]).to(self.device)
-                noise = self.transformer(model_in, t_batch, text, pab=run)
+                noise = transformer(model_in, t_batch, text, pab=run)
                 if cfg:
                     noise_uncond, noise_cond = noise.chunk(2)
                     noise = noise_uncond + request.guidance * (noise_cond - noise_uncond)
                 noise = noise[:, :in_channels]  # learned sigma: keep the epsilon channels
-                latents = scheduler.step(noise, t, latents, eta=0.0, return_dict=False)[0]
+                latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
             stats = run.stats.as_dict()
         return latents, stats
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def transformer_for(self, request: GenerationRequest) -> torch.nn.Module:
+        """The denoiser that serves ``request`` (one for every size here)."""
+        return self.transformer
+
+    def latent_shape(self, request: GenerationRequest) -> tuple[int, ...]:
+        """``[1, C, F, h, w]``: the image VAE keeps every frame and downsamples space by its factor."""
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (1, self.transformer.config.in_channels, request.frames, request.height // factor, request.width // factor)
+
+    def decode(self, latents: torch.Tensor, request: GenerationRequest) -> torch.Tensor:
         """[1, C, F, h, w] latents -> [F, 3, H, W] in [-1, 1], decoded a chunk of frames at a time."""
         z = latents[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor
         chunks = [self.vae.decode(z[i:i + VAE_DECODE_CHUNK]).sample for i in range(0, z.shape[0], VAE_DECODE_CHUNK)]
@@ -116,6 +133,6 @@ class LattePipeline(Pipeline):
             with timer.stage("denoise"):
                 latents, stats = self.denoise(request, cond, uncond, progress)
             with timer.stage("vae_decode"):
-                frames = to_uint8_frames(self.decode(latents))
+                frames = to_uint8_frames(self.decode(latents, request))
         return GenerationResult(frames=frames, fps=request.fps, request=request, timings=timer.seconds,
                                 pab_stats=stats, model=self.config.name)

@@ -24,13 +24,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import ModelConfig
-from ..errors import WeightsNotFoundError
 from ..pab import PABScheduler
 from ..request import GenerationRequest
 from ..result import GenerationResult
 from ..schedulers.rflow import RFlowSchedule
 from ..text import clean_caption, with_aesthetic_score
-from .base import Pipeline, StageTimer, initial_noise, to_uint8_frames, transformers_dtype_kwarg
+from .base import Pipeline, StageTimer, initial_noise, load_t5, to_uint8_frames
 
 logger = logging.getLogger(__name__)
 
@@ -51,19 +50,12 @@ class OpenSoraPipeline(Pipeline):
 
     @classmethod
     def load(cls, checkpoint: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype) -> "OpenSoraPipeline":
-        from transformers import AutoTokenizer, T5EncoderModel
-
         from ..models.opensora.stdit3 import STDiT3
         from ..models.opensora.vae import OpenSoraVAE
 
         checkpoint = Path(checkpoint)
         logger.info("loading Open-Sora from %s on %s (%s)", checkpoint, device, dtype)
-        tokenizer_dir = checkpoint / "tokenizer" if (checkpoint / "tokenizer").is_dir() else checkpoint / "text_encoder"
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-            text_encoder = T5EncoderModel.from_pretrained(checkpoint / "text_encoder", **transformers_dtype_kwarg(dtype))
-        except (OSError, ValueError) as exc:
-            raise WeightsNotFoundError(f"weights: could not load the T5 text encoder of {str(checkpoint)!r}: {exc}") from None
+        tokenizer, text_encoder = load_t5(checkpoint, dtype)
         vae = OpenSoraVAE.from_pretrained(checkpoint / "vae", dtype=dtype, device=device)
         transformer = STDiT3.from_pretrained(checkpoint / "transformer", dtype=dtype, device=device)
         for module in (text_encoder, vae, transformer):

@@ -38,6 +38,8 @@ class LocalExecutor(Executor):
 
     def run(self, requests: Sequence[GenerationRequest], progress: bool = True) -> list[GenerationResult]:
         pipeline = self.pipeline
+        for request in requests:  # a request the checkpoint cannot serve fails before any work
+            pipeline.check(request)
         return [pipeline.generate(request, progress=progress) for request in requests]
 
     def shutdown(self) -> None:
