@@ -26,7 +26,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["videosys", "videosys.*"]),
     include_package_data=True,
-    data_files=_data_files("configs", "models/README.md", "models/latte-smoke", "models/opensora-smoke"),
+    data_files=_data_files("configs", "models/README.md", "models/latte-smoke", "models/opensora-smoke",
+                           "models/opensora-plan-smoke"),
     install_requires=[
         "torch>=2.3",
         "transformers>=4.40",

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Write the bundled random-initialised smoke-test checkpoints (models/latte-smoke/, models/opensora-smoke/).
+"""Write the bundled random-initialised smoke-test checkpoints (models/latte-smoke/, models/opensora-smoke/,
+models/opensora-plan-smoke/).
 
 Each checkpoint has its model's official on-disk layout with tiny, seeded random weights plus a
 ``videosys.yaml`` overlay; the same code always writes the same weight bytes. Usage::
@@ -20,6 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 WRITERS = {
     "latte": ("videosys.testing.tiny_latte", REPO_ROOT / "models" / "latte-smoke"),
     "opensora": ("videosys.testing.tiny_opensora", REPO_ROOT / "models" / "opensora-smoke"),
+    "opensora-plan": ("videosys.testing.tiny_opensora_plan", REPO_ROOT / "models" / "opensora-plan-smoke"),
 }
 
 

@@ -47,3 +47,31 @@ def tiny_opensora_engine(tiny_opensora_dir: Path):
     from videosys import VideoSysEngine
 
     return VideoSysEngine("opensora", weights=tiny_opensora_dir, device="cpu", progress=False)
+
+
+TINY_OSP_OVERLAY = """\
+description: tiny Open-Sora-Plan written by the tests
+sampling:
+  frames: 5
+  height: 64
+  width: 64
+allowed:
+  frames: [5, 9]
+  sizes: [[64, 64]]
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_opensora_plan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Open-Sora-Plan folder with transformers for 5 and 9 frames at 64 x 64 (2 and 3 latent frames)."""
+    from videosys.testing.tiny_opensora_plan import write_tiny_opensora_plan
+
+    return write_tiny_opensora_plan(tmp_path_factory.mktemp("ckpt") / "tiny-osp", seed=0, frames=(5, 9),
+                                    sample_size=8, extra_files={"videosys.yaml": TINY_OSP_OVERLAY})
+
+
+@pytest.fixture(scope="session")
+def tiny_opensora_plan_engine(tiny_opensora_plan_dir: Path):
+    from videosys import VideoSysEngine
+
+    return VideoSysEngine("opensora-plan", weights=tiny_opensora_plan_dir, device="cpu", progress=False)

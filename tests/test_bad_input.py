@@ -33,7 +33,7 @@ def test_unknown_pab_preset(tiny_latte_dir):
     [
         ({"frames": 17}, r"frames: 17 not allowed \(allowed: 1, 4 for latte\)"),
         ({"height": 64, "width": 64}, r"height x width: '64x64' not allowed \(allowed: 32x32, 32x48 for latte\)"),
-        ({"steps": 0}, r"steps: 0 not allowed \(allowed: an integer from 1 to 1000\)"),
+        ({"steps": 0}, r"steps: 0 not allowed \(allowed: an integer from 1 to 1000 for latte\)"),
         ({"steps": -3}, r"steps: -3 not allowed"),
         ({"steps": 2.5}, r"steps: 2.5 not allowed"),
         ({"guidance": -1.0}, r"guidance: -1.0 not allowed \(allowed: a finite number >= 0"),

@@ -18,15 +18,11 @@ from videosys.errors import VideoSysError
 from videosys.pab import PABScheduler
 from videosys.schedulers.rflow import RFlowSchedule
 from videosys.testing.tiny_opensora import COMPONENTS, SMOKE_OVERLAY, write_tiny_opensora
+from support import pipeline_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMOKE_DIR = REPO_ROOT / "models" / "opensora-smoke"
 SMALL = {"resolution": "144p", "aspect": "9:16"}  # 144 x 256 pixels, 18 x 32 latents
-
-
-def pipeline_of(engine: VideoSysEngine):
-    """The loaded local pipeline of an engine (tests look inside it)."""
-    return engine.load()._executor.pipeline
 
 
 class CallRecorder:

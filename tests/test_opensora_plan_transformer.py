@@ -21,43 +21,9 @@ from videosys.models.opensora_plan.transformer import (  # noqa: E402
     temporal_interpolation_scale,
 )
 from videosys.models.weights import CheckpointMismatchError  # noqa: E402
+from videosys.testing.tiny_opensora_plan import OFFICIAL_TRANSFORMER_CONFIG as OFFICIAL_CONFIG  # noqa: E402
 
 TOL = dict(atol=1e-5, rtol=1e-5)
-
-# The fields of the official LatteT2V config.json (65x512x512); 221x512x512 differs in video_length (56).
-OFFICIAL_CONFIG: dict[str, Any] = {
-    "_class_name": "LatteT2V",
-    "activation_fn": "gelu-approximate",
-    "attention_bias": True,
-    "attention_head_dim": 72,
-    "attention_mode": "xformers",
-    "attention_type": "default",
-    "caption_channels": 4096,
-    "compress_kv_factor": 1,
-    "cross_attention_dim": 1152,
-    "double_self_attention": False,
-    "dropout": 0.0,
-    "in_channels": 4,
-    "model_max_length": 300,
-    "norm_elementwise_affine": False,
-    "norm_eps": 1e-06,
-    "norm_num_groups": 32,
-    "norm_type": "ada_norm_single",
-    "num_attention_heads": 16,
-    "num_embeds_ada_norm": 1000,
-    "num_layers": 28,
-    "num_vector_embeds": None,
-    "only_cross_attention": False,
-    "out_channels": 8,
-    "patch_size": 2,
-    "patch_size_t": 1,
-    "sample_size": [64, 64],
-    "upcast_attention": False,
-    "use_linear_projection": False,
-    "use_rope": False,
-    "video_length": 17,
-}
-
 
 def tiny(video_length: int, **overrides: Any) -> dict[str, Any]:
     cfg = dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,

@@ -21,7 +21,7 @@ _TOP_KEYS = {"name", "description", "weights", "dtype", "sampling", "text", "all
 _OVERLAY_KEYS = {"description", "sampling", "text", "allowed", "pab"}
 _SAMPLING_KEYS = {"steps", "guidance", "frames", "height", "width", "resolution", "aspect", "fps", "negative_prompt", "seed"}
 _REQUIRED_SAMPLING = {"steps", "guidance", "frames", "fps"}
-_ALLOWED_KEYS = {"frames", "sizes", "max_frames", "frame_aliases", "resolutions"}
+_ALLOWED_KEYS = {"frames", "sizes", "max_frames", "frame_aliases", "resolutions", "min_steps"}
 # max_length: T5 tokens; aesthetic_score: appended as " aesthetic score: X." (Open-Sora); clean_caption:
 # the caption cleaner before tokenising; negative_prompt: whether the model has a negative-prompt branch.
 _TEXT_KEYS = {"max_length", "aesthetic_score", "clean_caption", "lowercase", "negative_prompt"}
@@ -71,6 +71,7 @@ class AllowedSizes:
     max_frames: int | None = None
     frame_aliases: Mapping[str, int] = field(default_factory=dict)
     resolutions: Mapping[str, Mapping[str, tuple[int, int]]] = field(default_factory=dict)
+    min_steps: int = 1  # the sampler's fewest steps (PNDM: 4)
 
     @property
     def all_sizes(self) -> tuple[tuple[int, int], ...]:
@@ -191,6 +192,9 @@ def _parse_allowed(allowed: Mapping[str, Any], where: str) -> AllowedSizes:
         if not isinstance(aspects, Mapping) or not aspects or not all(_is_size(v) for v in aspects.values()):
             raise ConfigError(f"{where}.resolutions.{name}: {aspects!r} not allowed (allowed: {{aspect: [height, width]}})")
         resolutions[str(name)] = {str(a): (int(v[0]), int(v[1])) for a, v in aspects.items()}
+    min_steps = allowed.get("min_steps", 1)
+    if not _is_pos_int(min_steps):
+        raise ConfigError(f"{where}.min_steps: {min_steps!r} not allowed (allowed: a positive integer)")
     if not frames and max_frames is None:
         raise ConfigError(f"{where}: needs frames (a list) or max_frames")
     if not sizes and not resolutions:
@@ -204,6 +208,7 @@ def _parse_allowed(allowed: Mapping[str, Any], where: str) -> AllowedSizes:
         max_frames=max_frames,
         frame_aliases=dict(aliases),
         resolutions=resolutions,
+        min_steps=min_steps,
     )
 
 

@@ -79,4 +79,12 @@ def default_registry() -> ModelRegistry:
             aliases=("open-sora", "opensora-1.2", "opensora1.2", "open-sora-1.2"),
         )
     )
+    registry.register(
+        ModelSpec(
+            name="opensora-plan",
+            pipeline="videosys.pipelines.opensora_plan:OpenSoraPlanPipeline",
+            config_path=configs / "opensora-plan.yaml",
+            aliases=("open-sora-plan", "opensora-plan-1.1", "opensora-plan-v1.1", "osp"),
+        )
+    )
     return registry

@@ -134,7 +134,8 @@ def validate_request(request: GenerationRequest, config: ModelConfig) -> None:
     if not isinstance(request.negative_prompt, str):
         raise RequestError("negative_prompt", request.negative_prompt, "a string")
     _int_field("seed", request.seed, "an integer in [0, 2**63)", 0, 2**63 - 1)
-    _int_field("steps", request.steps, f"an integer from 1 to {MAX_STEPS}", 1, MAX_STEPS)
+    low = config.allowed.min_steps
+    _int_field("steps", request.steps, f"an integer from {low} to {MAX_STEPS} for {config.name}", low, MAX_STEPS)
     g = request.guidance
     if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
         raise RequestError("guidance", g, "a finite number >= 0 (1 or less switches classifier-free guidance off)")

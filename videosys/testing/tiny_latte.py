@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler, LatteTransformer3DModel
     from transformers import T5EncoderModel
 
+from videosys.testing.common import extra_file_targets, norm_groups, prepare_output_dir, randomize_parameters
 from videosys.testing.tokenizer import build_t5_tokenizer
 
 __all__ = [
@@ -90,10 +90,6 @@ SMOKE_CHECKPOINT_KWARGS: dict[str, Any] = {
 _SEED_STRIDE = 1_000_003
 _SEED_OFFSETS = {"transformer": 1, "vae": 2, "text_encoder": 3}
 
-_WEIGHT_STD_RANGE = (0.02, 0.2)
-_VECTOR_STD = 0.02
-_NORM_WEIGHT_STD = 0.05
-
 
 def smoke_overlay() -> str:
     """Return the ``videosys.yaml`` overlay text of the bundled smoke checkpoint."""
@@ -103,50 +99,6 @@ def smoke_overlay() -> str:
 def _component_generator(seed: int, component: str) -> torch.Generator:
     """Return a CPU generator seeded for ``component`` of a checkpoint with ``seed``."""
     return torch.Generator(device="cpu").manual_seed(seed * _SEED_STRIDE + _SEED_OFFSETS[component])
-
-
-@torch.no_grad()
-def randomize_parameters(module: torch.nn.Module, generator: torch.Generator) -> None:
-    """Re-draw every parameter of ``module`` from ``generator``, in place.
-
-    * matrices and convolution kernels: ``N(0, std)`` with
-      ``std = 1 / sqrt(fan_in)`` clipped to ``[0.02, 0.2]``;
-    * one-dimensional ``*weight`` parameters (norm scales): ``1 + N(0, 0.05)``;
-    * all other parameters (biases, scalars): ``N(0, 0.02)``.
-
-    Values are drawn in float32 in the order of ``named_parameters()`` (tied
-    parameters once), then cast to each parameter's dtype, so the result only
-    depends on the module structure and the generator state.
-
-    Args:
-        module: Module whose parameters are overwritten.
-        generator: CPU generator supplying the random numbers.
-    """
-    low, high = _WEIGHT_STD_RANGE
-    for name, param in module.named_parameters():
-        shape = tuple(param.shape)
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
-        if param.ndim >= 2:
-            fan_in = param.numel() // shape[0]
-            values = noise * min(max(1.0 / math.sqrt(max(fan_in, 1)), low), high)
-        elif param.ndim == 1 and name.endswith("weight"):
-            values = 1.0 + noise * _NORM_WEIGHT_STD
-        else:
-            values = noise * _VECTOR_STD
-        param.copy_(values.to(param.dtype))
-
-
-def _norm_groups(channels: Sequence[int]) -> int:
-    """Pick a GroupNorm group count dividing every entry of ``channels``.
-
-    Prefers the largest of 32, 16, ..., 1 that leaves at least two channels per
-    group (the real VAE has 128 / 32 = 4 channels per group in its first block).
-    """
-    smallest = min(channels)
-    for groups in (32, 16, 8, 4, 2, 1):
-        if all(c % groups == 0 for c in channels) and (groups * 2 <= smallest or groups == 1):
-            return groups
-    return 1
 
 
 def make_transformer(
@@ -244,7 +196,7 @@ def make_vae(
         layers_per_block=layers_per_block,
         act_fn="silu",
         latent_channels=latent_channels,
-        norm_num_groups=_norm_groups(channels),
+        norm_num_groups=norm_groups(channels),
         sample_size=sample_size,
         scaling_factor=scaling_factor,
     )
@@ -327,28 +279,6 @@ def make_scheduler() -> DDIMScheduler:
     )
 
 
-def _prepare_output_dir(path: Path, overwrite: bool) -> None:
-    """Create ``path``; with ``overwrite`` remove an earlier checkpoint there first."""
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{path} exists and is not empty (pass overwrite=True to replace it)")
-        if not (path / "model_index.json").is_file():
-            raise FileExistsError(f"refusing to overwrite {path}: it holds no model_index.json")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-
-
-def _extra_file_targets(root: Path, extra_files: Mapping[str, str]) -> dict[Path, str]:
-    """Map each ``extra_files`` name to its path below ``root``; reject names that leave it."""
-    targets: dict[Path, str] = {}
-    for name, text in extra_files.items():
-        relative = Path(name)
-        if relative.is_absolute() or not relative.parts or ".." in relative.parts:
-            raise ValueError(f"extra file {name!r} must be a relative path inside the checkpoint")
-        targets[root / relative] = text
-    return targets
-
-
 def write_tiny_latte(
     path: str | Path,
     *,
@@ -403,8 +333,9 @@ def write_tiny_latte(
     from transformers import T5Tokenizer
 
     root = Path(path)
-    extra_targets = _extra_file_targets(root, extra_files or {})
-    _prepare_output_dir(root, overwrite)
+    extra_targets = extra_file_targets(root, extra_files or {})
+    prepare_output_dir(root, overwrite, is_ours=lambda p: (p / "model_index.json").is_file(),
+                       what="a diffusers pipeline folder (model_index.json)")
 
     with tempfile.TemporaryDirectory(prefix="tiny-latte-tokenizer-") as tmp:
         tokenizer_dir = build_t5_tokenizer(Path(tmp), seed=tokenizer_seed, model_max_length=text_max_length)

@@ -24,12 +24,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from videosys.testing.tiny_latte import _extra_file_targets, make_text_encoder
+from videosys.testing.common import extra_file_targets, prepare_output_dir
+from videosys.testing.tiny_latte import make_text_encoder
 from videosys.testing.tiny_opensora_vae import write_tiny_opensora_vae
 from videosys.testing.tiny_stdit3 import write_tiny_stdit3
 from videosys.testing.tokenizer import build_t5_tokenizer
 
-__all__ = ["COMPONENTS", "SMOKE_CHECKPOINT_KWARGS", "SMOKE_OVERLAY", "write_smoke_checkpoint", "write_tiny_opensora"]
+__all__ = ["COMPONENTS", "SMOKE_CHECKPOINT_KWARGS", "SMOKE_OVERLAY", "write_smoke_checkpoint", "write_t5_text_encoder",
+           "write_tiny_opensora"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,21 +64,7 @@ SMOKE_CHECKPOINT_KWARGS: dict[str, Any] = {
 """Keyword arguments of :func:`write_tiny_opensora` for the bundled ``models/opensora-smoke``."""
 
 
-def _prepare_output_dir(path: Path, overwrite: bool) -> None:
-    """Create ``path``; with ``overwrite`` first remove an earlier Open-Sora checkpoint there."""
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{path} exists and is not empty (pass overwrite=True to replace it)")
-        if not all((path / name / "config.json").is_file() for name in COMPONENTS):
-            raise FileExistsError(f"refusing to overwrite {path}: it is not an Open-Sora checkpoint folder "
-                                  f"({', '.join(n + '/config.json' for n in COMPONENTS)})")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-
-
-def _write_text_encoder(folder: Path, *, seed: int, d_model: int, tokenizer_seed: int) -> None:
+def write_t5_text_encoder(folder: Path, *, seed: int, d_model: int, tokenizer_seed: int = 0) -> None:
     """A tiny T5 encoder (safetensors) with its tokenizer files in the same folder."""
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -129,14 +117,15 @@ def write_tiny_opensora(
         The checkpoint folder.
     """
     root = Path(path)
-    targets = _extra_file_targets(root, extra_files or {})
-    _prepare_output_dir(root, overwrite)
+    targets = extra_file_targets(root, extra_files or {})
+    prepare_output_dir(root, overwrite, is_ours=lambda p: all((p / n / "config.json").is_file() for n in COMPONENTS),
+                       what="an Open-Sora checkpoint (transformer/, vae/, text_encoder/ with config.json)")
     write_tiny_stdit3(root / "transformer", seed=seed, depth=depth, hidden_size=hidden_size, num_heads=num_heads,
                       caption_channels=text_d_model, model_max_length=TEXT_MAX_LENGTH)
     write_tiny_opensora_vae(root / "vae", seed=seed, vae2d_block_out_channels=vae2d_block_out_channels,
                             temporal_filters=temporal_filters)
     (root / "text_encoder").mkdir()
-    _write_text_encoder(root / "text_encoder", seed=seed, d_model=text_d_model, tokenizer_seed=tokenizer_seed)
+    write_t5_text_encoder(root / "text_encoder", seed=seed, d_model=text_d_model, tokenizer_seed=tokenizer_seed)
     for target, text in targets.items():
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")

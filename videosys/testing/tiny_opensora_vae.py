@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -32,7 +31,7 @@ from typing import Any, Union
 import torch
 
 from videosys.models.opensora.vae import DEFAULT_SCALE, DEFAULT_SHIFT, MODEL_TYPE, OpenSoraVAE
-from videosys.testing.tiny_latte import randomize_parameters
+from videosys.testing.common import config_field_is, norm_groups, prepare_output_dir, randomize_parameters
 
 __all__ = ["OFFICIAL_CONFIG", "tiny_config", "make_opensora_vae", "write_tiny_opensora_vae"]
 
@@ -62,14 +61,6 @@ OFFICIAL_CONFIG: dict[str, Any] = {
 _SEED_STRIDE = 1_000_003
 _SEED_OFFSET = 7  # keeps this stream apart from the tiny Latte components' streams
 WEIGHTS_FILE = "model.safetensors"
-
-
-def _norm_groups(channels: Sequence[int]) -> int:
-    """The largest of 32, 16, ..., 1 dividing every entry and leaving at least two channels per group."""
-    for groups in (32, 16, 8, 4, 2):
-        if all(c % groups == 0 for c in channels) and groups * 2 <= min(channels):
-            return groups
-    return 1
 
 
 def tiny_config(
@@ -105,7 +96,7 @@ def tiny_config(
         "layers_per_block": int(vae2d_layers_per_block),
         "act_fn": "silu",
         "latent_channels": 4,
-        "norm_num_groups": _norm_groups(channels),
+        "norm_num_groups": norm_groups(channels),
         "sample_size": 64,
         "scaling_factor": 0.13025,
         "force_upcast": False,
@@ -147,22 +138,6 @@ def _build(config: dict[str, Any], seed: int) -> OpenSoraVAE:
     generator = torch.Generator(device="cpu").manual_seed(seed * _SEED_STRIDE + _SEED_OFFSET)
     randomize_parameters(model, generator)
     return model.eval()
-
-
-def _prepare_output_dir(path: Path, overwrite: bool) -> None:
-    """Create ``path``; with ``overwrite`` first remove an earlier Open-Sora VAE checkpoint there."""
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{path} exists and is not empty (pass overwrite=True to replace it)")
-        config = path / "config.json"
-        try:
-            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-        except (OSError, ValueError, AttributeError):
-            model_type = None
-        if model_type != MODEL_TYPE:
-            raise FileExistsError(f"refusing to overwrite {path}: it holds no {MODEL_TYPE} config.json")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
 
 
 def write_tiny_opensora_vae(
@@ -208,7 +183,8 @@ def write_tiny_opensora_vae(
         micro_batch_size=micro_batch_size,
     )
     model = _build(config, seed)
-    _prepare_output_dir(root, overwrite)
+    prepare_output_dir(root, overwrite, is_ours=lambda p: config_field_is(p / "config.json", "model_type", MODEL_TYPE),
+                       what=f"a {MODEL_TYPE} checkpoint")
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(root / WEIGHTS_FILE), metadata={"format": "pt"})
     (root / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

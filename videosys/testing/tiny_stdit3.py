@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from videosys.models.opensora.stdit3 import MODEL_TYPE, WEIGHTS_NAME, STDiT3, STDiT3Config
-from videosys.testing.tiny_latte import randomize_parameters
+from videosys.testing.common import config_field_is, prepare_output_dir, randomize_parameters
 
 __all__ = ["make_stdit3", "tiny_stdit3_config", "write_tiny_stdit3"]
 
@@ -112,18 +111,6 @@ def _config_json(config: STDiT3Config) -> dict[str, Any]:
     return data
 
 
-def _prepare_folder(root: Path, overwrite: bool) -> None:
-    if root.exists() and not root.is_dir():
-        raise FileExistsError(f"{root} exists and is not a folder")
-    if root.is_dir() and any(root.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{root} exists and is not empty (pass overwrite=True to replace it)")
-        if not (root / CONFIG_FILE).is_file():
-            raise FileExistsError(f"refusing to overwrite {root}: it holds no {CONFIG_FILE}")
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
-
-
 def write_tiny_stdit3(
     folder: str | Path,
     *,
@@ -168,7 +155,8 @@ def write_tiny_stdit3(
         qk_norm=qk_norm,
     )
     root = Path(folder)
-    _prepare_folder(root, overwrite)
+    prepare_output_dir(root, overwrite, is_ours=lambda p: config_field_is(p / CONFIG_FILE, "model_type", MODEL_TYPE),
+                       what=f"an {MODEL_TYPE} checkpoint")
     state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(root / WEIGHTS_FILE), metadata={"format": "pt"})
     text = json.dumps(_config_json(model.config), indent=2, sort_keys=True) + "\n"

@@ -54,6 +54,7 @@ from ..layers.attention import scaled_dot_product
 from ..layers.embeddings import timestep_sinusoids
 from ..layers.norms import RMSNorm
 from ..layers.rope import RotaryEmbedding, apply_rotary
+from ..config_values import is_int, is_number
 from ..weights import load_pretrained
 
 logger = logging.getLogger(__name__)
@@ -84,14 +85,6 @@ TensorOrNumber = Union[torch.Tensor, int, float]
 
 
 # -- config -----------------------------------------------------------------------------------------------
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -137,20 +130,20 @@ class STDiT3Config:
             return ValueError(f"STDiT3 config {field}: {getattr(self, field)!r} not allowed (allowed: {allowed})")
 
         ps = self.patch_size
-        if not isinstance(ps, tuple) or len(ps) != 3 or not all(_is_int(p) and p >= 1 for p in ps):
+        if not isinstance(ps, tuple) or len(ps) != 3 or not all(is_int(p) and p >= 1 for p in ps):
             raise bad("patch_size", "3 positive integers [t, h, w]")
         ins = self.input_size
         if ins is not None and (
-            not isinstance(ins, tuple) or len(ins) != 3 or not all(v is None or (_is_int(v) and v > 0) for v in ins)
+            not isinstance(ins, tuple) or len(ins) != 3 or not all(v is None or (is_int(v) and v > 0) for v in ins)
         ):
             raise bad("input_size", "null or 3 entries, each null or a positive integer")
         for field in ("in_channels", "hidden_size", "depth", "num_heads", "caption_channels", "model_max_length"):
             v = getattr(self, field)
-            if not _is_int(v) or v < 1:
+            if not is_int(v) or v < 1:
                 raise bad(field, "a positive integer")
-        if not _is_number(self.input_sq_size) or self.input_sq_size <= 0:
+        if not is_number(self.input_sq_size) or self.input_sq_size <= 0:
             raise bad("input_sq_size", "a positive number")
-        if not _is_number(self.mlp_ratio) or self.mlp_ratio <= 0 or int(self.hidden_size * self.mlp_ratio) < 1:
+        if not is_number(self.mlp_ratio) or self.mlp_ratio <= 0 or int(self.hidden_size * self.mlp_ratio) < 1:
             raise bad("mlp_ratio", "a positive number")
         if self.hidden_size % self.num_heads != 0:
             raise bad("hidden_size", f"a multiple of num_heads ({self.num_heads})")
