@@ -10,7 +10,7 @@ size on every gather: no pad table is kept anywhere.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -106,27 +106,8 @@ def broadcast_object(obj: Any, state: ParallelState, src: int = 0) -> Any:
     return box[0]
 
 
-def broadcast_tensor(x: Optional[torch.Tensor], state: ParallelState, device: torch.device,
-                     src: int = 0) -> torch.Tensor:
-    """A tensor that only world rank ``src`` has (``None`` elsewhere) on every rank, on ``device``."""
-    if state.world_size == 1:
-        assert x is not None
-        return x
-    import torch.distributed as dist
-
-    meta = broadcast_object(None if x is None else (tuple(x.shape), x.dtype), state, src)
-    shape, dtype = meta
-    if state.rank == src:
-        buf = x.to(device).contiguous()
-        state.stats.add("broadcast", _bytes(buf) * (state.world_size - 1))
-    else:
-        buf = torch.empty(shape, dtype=dtype, device=device)
-    dist.broadcast(buf, src=src, group=state.world_group)
-    return buf
-
-
 def gather_to_driver(pieces: list[torch.Tensor], state: ParallelState,
-                     device: torch.device) -> Optional[list[list[torch.Tensor]]]:
+                     device: torch.device) -> list[list[torch.Tensor]] | None:
     """Every rank's list of tensors (shapes may differ between ranks) to world rank 0: ``out[rank][i]`` there,
     ``None`` elsewhere. For work split across ranks outside the denoiser (VAE decode pieces)."""
     if state.world_size == 1:
@@ -150,3 +131,47 @@ def gather_to_driver(pieces: list[torch.Tensor], state: ParallelState,
             received.append(buf)
         out.append(received)
     return out
+
+
+def broadcast_tensors(tensors: tuple[torch.Tensor | None, ...] | None, state: ParallelState,
+                      device: torch.device, src: int = 0) -> tuple[torch.Tensor | None, ...]:
+    """A tuple of tensors (entries may be ``None``) that only world rank ``src`` has, on every rank."""
+    if state.world_size == 1:
+        assert tensors is not None
+        return tensors
+    import torch.distributed as dist
+
+    metas = broadcast_object(
+        None if tensors is None else [None if t is None else (tuple(t.shape), t.dtype) for t in tensors], state, src
+    )
+    out: list[torch.Tensor | None] = []
+    for i, meta in enumerate(metas):
+        if meta is None:
+            out.append(None)
+            continue
+        if state.rank == src:
+            buf = tensors[i].to(device).contiguous()
+            state.stats.add("broadcast", _bytes(buf) * (state.world_size - 1))
+        else:
+            buf = torch.empty(meta[0], dtype=meta[1], device=device)
+        dist.broadcast(buf, src=src, group=state.world_group)
+        out.append(buf)
+    return tuple(out)
+
+
+def sum_stats(state: ParallelState) -> dict[str, dict[str, int]]:
+    """Every rank's :class:`CommStats` of this request, summed (the bytes all ranks moved); on every rank."""
+    mine = state.stats.as_dict()
+    if state.world_size == 1:
+        return mine
+    import torch.distributed as dist
+
+    every: list[Any] = [None] * state.world_size
+    dist.all_gather_object(every, mine, group=state.world_group)
+    total: dict[str, dict[str, int]] = {}
+    for stats in every:
+        for kind, counts in stats.items():
+            slot = total.setdefault(kind, {"calls": 0, "bytes": 0})
+            slot["calls"] += counts["calls"]
+            slot["bytes"] += counts["bytes"]
+    return {k: total[k] for k in sorted(total, key=lambda k: (k == "total", k))}

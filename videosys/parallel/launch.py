@@ -7,12 +7,15 @@ order. A rank that raises fails the whole run with that rank's error; ``timeout`
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
+import pickle
+import queue as queue_module
 import socket
+import time
 import traceback
-from typing import Any, Callable
-
-import torch.multiprocessing as mp
+from collections.abc import Callable
+from typing import Any
 
 
 class RankError(RuntimeError):
@@ -37,7 +40,9 @@ def _entry(rank: int, world_size: int, port: int, backend: str, fn: Callable[...
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
         try:
-            queue.put((rank, True, fn(rank, world_size, *args)))
+            # Pickled to plain bytes here: a queue would otherwise pass tensors as shared memory that vanishes
+            # when this process exits, before the parent has read them.
+            queue.put((rank, True, pickle.dumps(fn(rank, world_size, *args))))
         finally:
             dist.destroy_process_group()
     except BaseException as exc:  # report every failure to the parent, whatever it is
@@ -57,16 +62,17 @@ def run_local(fn: Callable[..., Any], world_size: int, *args: Any, backend: str 
     for p in procs:
         p.start()
     results: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout_s
     try:
-        for _ in range(world_size):
+        while len(results) < world_size:
             try:
-                rank, ok, value = queue.get(timeout=timeout_s)
-            except Exception:
-                missing = sorted(set(range(world_size)) - set(results))
-                raise RankError(f"ranks {missing} gave no result within {timeout_s:.0f} s") from None
+                rank, ok, value = queue.get(timeout=1.0)
+            except queue_module.Empty:
+                _check_alive(procs, results, deadline, timeout_s)
+                continue
             if not ok:
                 raise RankError(f"rank {rank} failed: {value}")
-            results[rank] = value
+            results[rank] = pickle.loads(value)
     finally:
         for p in procs:
             p.join(timeout=10)
@@ -74,3 +80,13 @@ def run_local(fn: Callable[..., Any], world_size: int, *args: Any, backend: str 
                 p.kill()
                 p.join(timeout=5)
     return [results[r] for r in range(world_size)]
+
+
+def _check_alive(procs: list, results: dict[int, Any], deadline: float, timeout_s: float) -> None:
+    """Raise if a rank that has not reported died (it can no longer report) or the time is up."""
+    for rank, proc in enumerate(procs):
+        if rank not in results and not proc.is_alive() and proc.exitcode not in (None, 0):
+            raise RankError(f"rank {rank} died with exit code {proc.exitcode} before giving a result")
+    if time.monotonic() > deadline:
+        missing = sorted(set(range(len(procs))) - set(results))
+        raise RankError(f"ranks {missing} gave no result within {timeout_s:.0f} s")
