@@ -3,25 +3,38 @@
 State-dict keys are identical to diffusers' ``LatteTransformer3DModel``, so its checkpoints
 (``maxin-cn/Latte-1``, folder ``transformer/``) load unchanged, and the forward computes the same
 function. The skeleton is shared with Open-Sora-Plan v1.1, which subclasses this class and overrides
-the hooks :meth:`LatteTransformer3D.temporal_pos_table` and
-:meth:`LatteTransformer3D.add_temporal_pos` (where the temporal table is added, and whether).
+the hooks :meth:`LatteTransformer3D.temporal_pos_table` (the table) and
+:meth:`LatteTransformer3D.adds_temporal_pos` (before which temporal blocks it is added).
+
+Sequence parallel (``forward(..., parallel=state)`` with ``state.sp_size > 1``): each rank keeps its
+chunk of the frames (zero-padded when the frame count does not divide), runs the spatial blocks and
+every per-token piece on them, re-shards around the temporal self-attention only (two all-to-alls
+inside the PAB-wrapped compute, see :class:`~videosys.models.layers.blocks.FrameShards`) and gathers
+the frames of the final projection, so that every rank returns the whole output.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Optional, Union
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from videosys.pab import PABRun
+from videosys.parallel import ParallelState, comm
 
-from ..layers.blocks import SUPPORTED_ACTIVATIONS, LatteBlock
-from ..layers.embeddings import AdaLNSingle, CaptionProjection, PatchEmbed2D, get_1d_sincos_pos_embed
+from ..layers.blocks import SUPPORTED_ACTIVATIONS, FrameShards, LatteBlock
+from ..layers.embeddings import (
+    AdaLNSingle,
+    CaptionProjection,
+    PatchEmbed2D,
+    get_1d_sincos_pos_embed,
+)
 from ..weights import load_pretrained
 
 logger = logging.getLogger(__name__)
@@ -40,14 +53,14 @@ class LatteConfig:
     num_attention_heads: int = 16
     attention_head_dim: int = 72
     in_channels: int = 4
-    out_channels: Optional[int] = 8
+    out_channels: int | None = 8
     num_layers: int = 28
-    cross_attention_dim: Optional[int] = 1152
+    cross_attention_dim: int | None = 1152
     attention_bias: bool = True
     sample_size: int = 64
     patch_size: int = 2
     activation_fn: str = "gelu-approximate"
-    num_embeds_ada_norm: Optional[int] = 1000
+    num_embeds_ada_norm: int | None = 1000
     norm_type: str = "ada_norm_single"
     norm_elementwise_affine: bool = False
     norm_eps: float = 1e-6
@@ -75,7 +88,7 @@ class LatteConfig:
         return self.in_channels if self.out_channels is None else self.out_channels
 
     @classmethod
-    def from_json_dict(cls, data: Mapping[str, Any]) -> "LatteConfig":
+    def from_json_dict(cls, data: Mapping[str, Any]) -> LatteConfig:
         """Build from a diffusers ``config.json`` dict; keys that are not fields are ignored (logged)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(k for k in data if k not in names)
@@ -122,7 +135,7 @@ class LatteTransformer3D(nn.Module):
         self.init_nonpersistent_buffers()
 
     @staticmethod
-    def _make_block(config: LatteConfig, cross_attention_dim: Optional[int]) -> LatteBlock:
+    def _make_block(config: LatteConfig, cross_attention_dim: int | None) -> LatteBlock:
         return LatteBlock(
             config.inner_dim,
             config.num_attention_heads,
@@ -136,21 +149,21 @@ class LatteTransformer3D(nn.Module):
 
     # -- loading --------------------------------------------------------------------------------------
     @classmethod
-    def from_config_dict(cls, data: Mapping[str, Any]) -> "LatteTransformer3D":
+    def from_config_dict(cls, data: Mapping[str, Any]) -> LatteTransformer3D:
         return cls(cls.config_class.from_json_dict(data))
 
     @classmethod
     def from_pretrained(
         cls,
-        folder: Union[str, Path],
-        dtype: Optional[torch.dtype] = None,
-        device: Union[str, torch.device, None] = None,
-        variant: Optional[str] = None,
-    ) -> "LatteTransformer3D":
+        folder: str | Path,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        variant: str | None = None,
+    ) -> LatteTransformer3D:
         """Load a diffusers-format folder (``config.json`` + ``diffusion_pytorch_model*``)."""
         return load_pretrained(cls.from_config_dict, folder, dtype=dtype, device=device, variant=variant)
 
-    def init_nonpersistent_buffers(self, device: Union[str, torch.device, None] = None) -> None:
+    def init_nonpersistent_buffers(self, device: str | torch.device | None = None) -> None:
         """(Re)build this module's own position-table buffer (``temp_pos_embed``)."""
         if device is None:
             device = self.proj_out.weight.device
@@ -173,18 +186,28 @@ class LatteTransformer3D(nn.Module):
             return buf
         return self._compute_temporal_pos_table(num_frames, device)
 
-    def add_temporal_pos(self, hidden_states: torch.Tensor, block: int, num_frames: int) -> torch.Tensor:
+    def adds_temporal_pos(self, block: int, num_frames: int) -> bool:
+        """Whether the table is added before temporal block ``block``. Latte adds it before the first
+        temporal block, and only for more than one frame."""
+        return block == 0 and num_frames > 1
+
+    def add_temporal_pos(
+        self, hidden_states: torch.Tensor, block: int, num_frames: int, parallel: ParallelState | None = None
+    ) -> torch.Tensor:
         """Called on the temporal layout ``[B * tokens, F, C]`` right before temporal block ``block``
-        (i.e. after spatial block ``block``). Latte adds the table before the first temporal block, and
-        only for more than one frame."""
-        if block != 0 or num_frames <= 1:
+        (i.e. after spatial block ``block``); ``num_frames`` is the video's true frame count. With
+        ``parallel`` (frames sharded) ``hidden_states`` holds this rank's chunk of the frames and gets the
+        table rows of those frames (padding frames get zeros)."""
+        if not self.adds_temporal_pos(block, num_frames):
             return hidden_states
         table = self.temporal_pos_table(num_frames, hidden_states.device)
+        if parallel is not None:
+            table = comm.shard(table, 1, parallel)
         return hidden_states + table.to(hidden_states.dtype)
 
     # -- forward --------------------------------------------------------------------------------------
     @staticmethod
-    def _key_mask(mask: Optional[torch.Tensor], batch: int, length: int) -> Optional[torch.Tensor]:
+    def _key_mask(mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor | None:
         """A boolean ``[B, L]`` key mask from a bool or 0/1 mask; ``None`` when nothing is masked."""
         if mask is None:
             return None
@@ -204,10 +227,11 @@ class LatteTransformer3D(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        timestep: Union[torch.Tensor, float, int],
+        timestep: torch.Tensor | float,
         encoder_hidden_states: torch.Tensor,
-        encoder_attention_mask: Optional[torch.Tensor] = None,
-        pab: Optional[PABRun] = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        pab: PABRun | None = None,
+        parallel: ParallelState | None = None,
     ) -> torch.Tensor:
         """Predict ``[B, out_channels, F, H, W]`` from latents ``[B, in_channels, F, H, W]``.
 
@@ -217,6 +241,9 @@ class LatteTransformer3D(nn.Module):
             encoder_hidden_states: text features ``[B, L, caption_channels]``.
             encoder_attention_mask: ``[B, L]`` bool or 0/1 (``True`` = keep) or ``None``.
             pab: the request's PAB run (``begin_call()`` already called for this step), or ``None``.
+                Under sequence parallel its kept outputs are this rank's shards.
+            parallel: this rank's parallel state; with ``sp_size > 1`` the frames are split over the
+                sequence-parallel ranks (every rank passes the same inputs and gets the whole output).
         """
         b, _, f, h, w = hidden_states.shape
         p = self.patch_size
@@ -224,9 +251,15 @@ class LatteTransformer3D(nn.Module):
             raise ValueError(f"latent height/width {h}x{w} must be multiples of patch_size {p}")
         gh, gw = h // p, w // p
         n = gh * gw
+        sp = parallel if parallel is not None and parallel.sp_enabled else None
+        shards = None if sp is None else FrameShards(sp, videos=b, frames=f, tokens=n)
+        if sp is not None:
+            # This rank's frames, taken before the (per-frame) patch embedding: fl = ceil(f / sp) of them.
+            hidden_states = comm.shard(hidden_states, 2, sp)
+        fl = hidden_states.shape[2]  # local frames (f without sequence parallel)
 
         # [B, C, F, H, W] -> (B*F) frames of n patch tokens, frame-major within a video.
-        x = hidden_states.permute(0, 2, 1, 3, 4).reshape(b * f, -1, h, w)
+        x = hidden_states.permute(0, 2, 1, 3, 4).reshape(b * fl, -1, h, w)
         x = self.pos_embed(x)  # [B*F, n, D]
 
         t = torch.as_tensor(timestep, device=x.device)
@@ -242,19 +275,24 @@ class LatteTransformer3D(nn.Module):
 
         # Modulation rows and text are per video: blocks broadcast them over a video's F frame sequences
         # (spatial) or its n token sequences (temporal) without repeating them in memory.
+        # Under sequence parallel F is the local fl here; only the temporal attention sees all frames.
         for i, (spatial, temporal) in enumerate(zip(self.transformer_blocks, self.temporal_transformer_blocks)):
             x = spatial(x, t_mod, text, mask, pab=pab, kind="spatial", block=i)
             # (B*F, n, D) -> (B*n, F, D)
-            x = x.reshape(b, f, n, -1).transpose(1, 2).reshape(b * n, f, -1)
-            x = self.add_temporal_pos(x, i, f)
-            x = temporal(x, t_mod, pab=pab, kind="temporal", block=i)
+            x = x.reshape(b, fl, n, -1).transpose(1, 2).reshape(b * n, fl, -1)
+            # (the hook is called with three arguments when not sharded: subclasses/tests may replace it)
+            x = self.add_temporal_pos(x, i, f) if sp is None else self.add_temporal_pos(x, i, f, sp)
+            x = temporal(x, t_mod, pab=pab, kind="temporal", block=i, frame_shards=shards)
             # (B*n, F, D) -> (B*F, n, D)
-            x = x.reshape(b, n, f, -1).transpose(1, 2).reshape(b * f, n, -1)
+            x = x.reshape(b, n, fl, -1).transpose(1, 2).reshape(b * fl, n, -1)
 
         shift, scale = (self.scale_shift_table[None] + t_emb[:, None]).chunk(2, dim=1)  # [B, 1, D] each
-        x = self.norm_out(x).reshape(b, f * n, -1)
+        x = self.norm_out(x).reshape(b, fl * n, -1)
         x = x * (1 + scale) + shift
         x = self.proj_out(x)  # [B, F*n, p*p*c], channel index (pi*p + qi)*c + ci
+        if sp is not None:
+            # every rank gets all frames; gathered after proj_out, where a token is p*p*c wide, not D
+            x = comm.gather(x.reshape(b, fl, n, -1), sp, dim=1, full_size=f)
 
         c = self.out_channels
         x = x.reshape(b, f, gh, gw, p, p, c)

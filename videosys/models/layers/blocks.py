@@ -13,17 +13,23 @@ Modulation rows: ``t_mod`` may hold one row per sequence (``[N, 6C]`` for ``N`` 
 per *group* of consecutive sequences (``[G, 6C]`` with ``N = G * k``), e.g. one row per video for
 the ``B * F`` frame sequences of a spatial block. Grouped rows are never repeated in memory; the
 arithmetic is the same as with repeated rows.
+
+Sequence parallel (frames sharded over the ranks, :class:`FrameShards`): a temporal block's
+self-attention re-shards to all frames of a slice of the tokens and back *inside* its PAB-wrapped
+compute function, so a broadcast step skips both all-to-alls with the attention. Everything else in
+the block is per token and runs on the local frames.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from videosys.pab import PABRun, run_module
+from videosys.parallel import ParallelState, comm
 
 from .attention import Attention
 
@@ -71,6 +77,36 @@ def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.reshape(groups, (n // groups) * s, c)
 
 
+@dataclass(frozen=True)
+class FrameShards:
+    """The frames of each video split over the sequence-parallel ranks (``comm``'s padded layout).
+
+    The temporal layout of a rank is ``[videos * tokens, local_frames, C]``: every token of every video,
+    this rank's (zero-padded) chunk of frames. Temporal attention needs every frame of a token, so it runs
+    on ``[videos * local_tokens, frames, C]`` (a padded chunk of the tokens, all true frames) between
+    :meth:`to_all_frames` and :meth:`to_local_frames`.
+    """
+
+    state: ParallelState
+    videos: int
+    frames: int  # true frame count (padding frames are dropped when frames are gathered)
+    tokens: int  # true tokens per frame
+
+    def to_all_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """``[V * tokens, local_frames, C]`` -> ``[V * local_tokens, frames, C]`` (one all-to-all)."""
+        c = x.shape[-1]
+        x = x.reshape(self.videos, self.tokens, -1, c)
+        x = comm.all_to_all(x, self.state, scatter_dim=1, gather_dim=2, gather_size=self.frames)
+        return x.reshape(-1, self.frames, c)
+
+    def to_local_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`to_all_frames` (one all-to-all); padding frames come back as zeros."""
+        c = x.shape[-1]
+        x = x.reshape(self.videos, -1, self.frames, c)
+        x = comm.all_to_all(x, self.state, scatter_dim=2, gather_dim=1, gather_size=self.tokens)
+        return x.reshape(self.videos * self.tokens, -1, c)
+
+
 class LatteBlock(nn.Module):
     """Pre-norm transformer block with adaLN-single modulation and optional cross-attention.
 
@@ -83,7 +119,7 @@ class LatteBlock(nn.Module):
         dim: int,
         num_attention_heads: int,
         attention_head_dim: int,
-        cross_attention_dim: Optional[int] = None,
+        cross_attention_dim: int | None = None,
         attention_bias: bool = False,
         activation_fn: str = "gelu-approximate",
         norm_elementwise_affine: bool = True,
@@ -97,7 +133,7 @@ class LatteBlock(nn.Module):
         self.attn1 = Attention(
             dim, num_attention_heads, attention_head_dim, bias=attention_bias, out_bias=attention_out_bias
         )
-        self.attn2: Optional[Attention] = None
+        self.attn2: Attention | None = None
         if cross_attention_dim is not None:
             self.attn2 = Attention(
                 dim,
@@ -112,16 +148,26 @@ class LatteBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
 
     # -- the three broadcastable pieces ------------------------------------------------------------
-    def self_attention(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def self_attention(
+        self,
+        x: torch.Tensor,
+        shift: torch.Tensor,
+        scale: torch.Tensor,
+        frame_shards: FrameShards | None = None,
+    ) -> torch.Tensor:
         """norm1 -> modulate -> attn1, before the gate. ``shift``/``scale``: ``[G, 1, C]`` (``x``: ``[N, S, C]``,
-        ``N`` a multiple of ``G``). Self-contained so sequence-parallel communication can live here."""
+        ``N`` a multiple of ``G``). With ``frame_shards`` (a temporal block under sequence parallel; ``G``
+        must then be the number of videos) the attention runs over all frames between two all-to-alls;
+        the output has ``x``'s local layout."""
         n, s, c = x.shape
         h = _grouped(self.norm1(x), shift.shape[0])
         h = (h * (1 + scale) + shift).reshape(n, s, c)
-        return self.attn1(h)
+        if frame_shards is None:
+            return self.attn1(h)
+        return frame_shards.to_local_frames(self.attn1(frame_shards.to_all_frames(h)))
 
     def cross_attention(
-        self, x: torch.Tensor, context: torch.Tensor, context_mask: Optional[torch.Tensor]
+        self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """attn2 of ``x`` ``[N, S, C]`` on ``context`` ``[G, L, C_ctx]`` (``N`` a multiple of ``G``: every
         sequence of a group sees the same context, so the group's queries are attended together, which is
@@ -143,12 +189,13 @@ class LatteBlock(nn.Module):
         self,
         hidden_states: torch.Tensor,
         t_mod: torch.Tensor,
-        encoder_hidden_states: Optional[torch.Tensor] = None,
-        encoder_attention_mask: Optional[torch.Tensor] = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
         *,
-        pab: Optional[PABRun] = None,
+        pab: PABRun | None = None,
         kind: str = "spatial",
         block: int = 0,
+        frame_shards: FrameShards | None = None,
     ) -> torch.Tensor:
         """One block step.
 
@@ -163,6 +210,8 @@ class LatteBlock(nn.Module):
             kind: ``"spatial"`` or ``"temporal"``: the PAB kind of this block's self-attention and the
                 site of its MLP.
             block: the block index, for PAB bookkeeping.
+            frame_shards: for a temporal block whose frames are sharded over sequence-parallel ranks
+                (``hidden_states`` holds this rank's frames, ``t_mod`` one row per video).
         """
         x = hidden_states
         n, s, c = x.shape
@@ -170,7 +219,7 @@ class LatteBlock(nn.Module):
         mods = (self.scale_shift_table[None] + t_mod.reshape(g, 6, c)).chunk(6, dim=1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods  # each [G, 1, C]
 
-        attn = run_module(pab, kind, block, lambda: self.self_attention(x, shift_msa, scale_msa))
+        attn = run_module(pab, kind, block, lambda: self.self_attention(x, shift_msa, scale_msa, frame_shards))
         x = (_grouped(attn, g) * gate_msa).reshape(n, s, c) + x
 
         if self.attn2 is not None:

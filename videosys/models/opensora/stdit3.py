@@ -31,6 +31,18 @@ self-attention (``"temporal"``), the cross-attention of both block types (``"cro
 and kept is the module output *after* its gate (``gate_msa * attn``, ``gate_mlp * mlp``) and the raw
 cross-attention output; each ``fn`` holds the norm, modulation and attention, so a broadcast skips it all.
 
+Sequence parallel (``forward(..., parallel=state)`` with ``state.sp_size = P > 1``): every SP rank runs the
+same forward on its share of the spatial tokens. After the patch embedding and the position table,
+``[B, T, S, C]`` is split along ``S`` (:func:`videosys.parallel.comm.shard`: padded to ``P * ceil(S / P)``,
+rank ``r`` keeps ``S' = ceil(S / P)`` tokens of every frame; the padding tokens ride along and are dropped
+wherever ``S`` is gathered). Temporal blocks (attention over ``T`` with RoPE, cross-attention, MLP) and the
+spatial blocks' cross-attention and MLP are per-token, so they run on the local tokens without any
+communication. The spatial self-attention does an all-to-all (scatter ``T``, gather the true ``S``: all
+tokens of ``ceil(T / P)`` frames), attends, and does the inverse all-to-all; both live inside the function
+PAB wraps, so a broadcast step skips them with the attention. The final layer is per-token too and
+narrower than ``C``, so it runs on the local tokens and its output is all-gathered along ``S``: every SP rank
+returns the full prediction. PAB then keeps local shards, each rank reusing only its own.
+
 Not supported (inference only): the video-to-video temporal mask ``x_mask``, dropout/drop-path,
 ``skip_y_embedder``. The kernel and training flags of the config are accepted and ignored.
 """
@@ -40,21 +52,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Optional, Sequence, Union
+from typing import Any, ClassVar, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from videosys.pab import PABRun, run_module
+from videosys.parallel import ParallelState, comm
 
+from ..config_values import is_int, is_number
 from ..layers.attention import scaled_dot_product
 from ..layers.embeddings import timestep_sinusoids
 from ..layers.norms import RMSNorm
 from ..layers.rope import RotaryEmbedding, apply_rotary
-from ..config_values import is_int, is_number
 from ..weights import load_pretrained
 
 logger = logging.getLogger(__name__)
@@ -96,7 +110,7 @@ class STDiT3Config:
     for training or kernel selection and are ignored. ``skip_y_embedder`` must be false.
     """
 
-    input_size: Optional[tuple[Optional[int], ...]] = (None, None, None)
+    input_size: tuple[int | None, ...] | None = (None, None, None)
     input_sq_size: int = 512
     in_channels: int = 4
     patch_size: tuple[int, int, int] = (1, 2, 2)
@@ -173,7 +187,7 @@ class STDiT3Config:
 
     # -- (de)serialisation ------------------------------------------------------------------------------------
     @classmethod
-    def from_json_dict(cls, data: Mapping[str, Any]) -> "STDiT3Config":
+    def from_json_dict(cls, data: Mapping[str, Any]) -> STDiT3Config:
         """Build from the official ``config.json`` dict.
 
         transformers bookkeeping keys are dropped, unknown keys ignored (debug log), the training/kernel
@@ -209,8 +223,8 @@ def spatial_pos_table(
     grid_h: int,
     grid_w: int,
     scale: float,
-    base_size: Optional[int] = None,
-    device: Union[str, torch.device, None] = None,
+    base_size: int | None = None,
+    device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """Open-Sora's 2D sin-cos table ``[grid_h * grid_w, dim]`` (float32), tokens in row-major order.
 
@@ -240,10 +254,16 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
     return x * (1 + scale) + shift
 
 
+def _sp_state(parallel: ParallelState | None) -> ParallelState:
+    """The state the sequence-parallel collectives run on: without one, a single-process state, on which
+    every collective (shard, all-to-all, gather) is the identity."""
+    return ParallelState.single() if parallel is None else parallel
+
+
 class Mlp(nn.Module):
     """``fc1`` -> tanh-GELU -> ``fc2`` (timm ``Mlp`` names)."""
 
-    def __init__(self, in_features: int, hidden_features: int, out_features: Optional[int] = None) -> None:
+    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None) -> None:
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features)
         self.fc2 = nn.Linear(hidden_features, in_features if out_features is None else out_features)
@@ -298,7 +318,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(
-        self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
         """``x`` ``[N, L, C]`` -> ``[N, L, C]``; ``rope``: float32 ``(cos, sin)`` ``[L, head_dim]`` or ``None``."""
         n, length, c = x.shape
@@ -327,7 +347,7 @@ class CrossAttention(nn.Module):
         self.kv_linear = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``[B, N, C]`` attends to ``y`` ``[B, L, C]`` of the same sample; ``key_mask``: boolean
         ``[B, L]`` (``True`` = valid token) or ``None`` when every token is valid."""
         b, n, c = x.shape
@@ -359,17 +379,29 @@ class STDiT3Block(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
 
     # -- the broadcastable pieces (each returns what PAB keeps) -------------------------------------------
-    def spatial_attention(self, h: torch.Tensor, frames: int, tokens: int) -> torch.Tensor:
-        """Attention over the ``S`` tokens of each frame: ``[B, T*S, C]`` viewed as ``[B*T, S, C]``.
-        (Sequence-parallel communication belongs here.)"""
+    def spatial_attention(
+        self, h: torch.Tensor, frames: int, tokens: int, parallel: ParallelState | None = None
+    ) -> torch.Tensor:
+        """Attention over the ``S`` = ``tokens`` tokens of each frame, as ``[B*T, S, C]``.
+
+        ``h`` ``[B, T*S', C]`` holds this rank's ``S'`` tokens of every frame (``S' = S`` without sequence
+        parallel). Under SP an all-to-all trades them for all ``S`` tokens of this rank's ``ceil(T / P)``
+        frames and the inverse all-to-all trades the result back (both are the identity otherwise).
+        """
         b, n, c = h.shape
-        return self.attn(h.reshape(b * frames, tokens, c)).reshape(b, n, c)
+        sp = _sp_state(parallel)
+        h = comm.all_to_all(h.reshape(b, frames, -1, c), sp, scatter_dim=1, gather_dim=2, gather_size=tokens)
+        local_frames = h.shape[1]  # [B, T', S, C]
+        h = self.attn(h.reshape(b * local_frames, tokens, c)).reshape(b, local_frames, tokens, c)
+        h = comm.all_to_all(h, sp, scatter_dim=2, gather_dim=1, gather_size=frames)  # [B, T, S', C]
+        return h.reshape(b, n, c)
 
     def temporal_attention(
-        self, h: torch.Tensor, frames: int, tokens: int, rope: Optional[tuple[torch.Tensor, torch.Tensor]]
+        self, h: torch.Tensor, frames: int, rope: tuple[torch.Tensor, torch.Tensor] | None
     ) -> torch.Tensor:
-        """Attention over the ``T`` frames of each spatial position: ``[B*S, T, C]``, RoPE on q/k."""
+        """Attention over the ``T`` frames of each spatial position held here: ``[B*S', T, C]``, RoPE on q/k."""
         b, n, c = h.shape
+        tokens = n // frames
         h = h.reshape(b, frames, tokens, c).transpose(1, 2).reshape(b * tokens, frames, c)
         h = self.attn(h, rope=rope)
         return h.reshape(b, tokens, frames, c).transpose(1, 2).reshape(b, n, c)
@@ -382,17 +414,19 @@ class STDiT3Block(nn.Module):
         gate: torch.Tensor,
         frames: int,
         tokens: int,
-        rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        parallel: ParallelState | None = None,
     ) -> torch.Tensor:
-        """``gate * attn(modulate(norm1(x)))``: everything the self-attention costs (kept by PAB)."""
+        """``gate * attn(modulate(norm1(x)))``: everything the self-attention costs, the spatial one's
+        sequence-parallel all-to-alls included (kept by PAB)."""
         h = _modulate(self.norm1(x), shift, scale)
         if self.temporal:
-            h = self.temporal_attention(h, frames, tokens, rope)
+            h = self.temporal_attention(h, frames, rope)
         else:
-            h = self.spatial_attention(h, frames, tokens)
+            h = self.spatial_attention(h, frames, tokens, parallel)
         return gate * h
 
-    def cross_attention(self, x: torch.Tensor, y: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def cross_attention(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """Cross-attention output (no norm, no gate; kept by PAB)."""
         return self.cross_attn(x, y, key_mask)
 
@@ -406,24 +440,28 @@ class STDiT3Block(nn.Module):
         self,
         x: torch.Tensor,
         y: torch.Tensor,
-        key_mask: Optional[torch.Tensor],
+        key_mask: torch.Tensor | None,
         t_mlp: torch.Tensor,
         frames: int,
         tokens: int,
-        rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         *,
-        pab: Optional[PABRun] = None,
+        pab: PABRun | None = None,
         block: int = 0,
+        parallel: ParallelState | None = None,
     ) -> torch.Tensor:
         """One block step.
 
         Args:
-            x: ``[B, T*S, C]`` tokens, frame-major.
+            x: ``[B, T*S', C]`` tokens, frame-major: this rank's ``S'`` tokens of every frame (``S' = S``
+                without sequence parallel).
             y: embedded text ``[B, L, C]``; ``key_mask`` its boolean ``[B, L]`` validity or ``None``.
             t_mlp: ``[B, 6C]`` adaLN-single rows.
-            frames, tokens: ``T`` and ``S``.
+            frames, tokens: ``T`` and the true ``S`` (all ranks together).
             rope: ``(cos, sin)`` tables for ``T`` positions (used by temporal blocks only).
             pab: the request's PAB run or ``None``; block: the depth index.
+            parallel: this rank's parallel state (``None``: one process); only the spatial self-attention
+                communicates.
         """
         b, _, c = x.shape
         mods = (self.scale_shift_table[None] + t_mlp.reshape(b, 6, c)).chunk(6, dim=1)
@@ -435,7 +473,7 @@ class STDiT3Block(nn.Module):
             pab,
             self.kind,
             block,
-            lambda: self.self_attention(x_attn_in, shift_msa, scale_msa, gate_msa, frames, tokens, rope),
+            lambda: self.self_attention(x_attn_in, shift_msa, scale_msa, gate_msa, frames, tokens, rope, parallel),
         )
         x = x + attn
 
@@ -531,19 +569,19 @@ class STDiT3(nn.Module):
 
     # -- loading ----------------------------------------------------------------------------------------------
     @classmethod
-    def from_config_dict(cls, data: Mapping[str, Any], *, round_timestep: bool = True) -> "STDiT3":
+    def from_config_dict(cls, data: Mapping[str, Any], *, round_timestep: bool = True) -> STDiT3:
         """Build (randomly initialised) from a ``config.json`` dict."""
         return cls(cls.config_class.from_json_dict(data), round_timestep=round_timestep)
 
     @classmethod
     def from_pretrained(
         cls,
-        folder: Union[str, Path],
-        dtype: Optional[torch.dtype] = None,
-        device: Union[str, torch.device, None] = None,
+        folder: str | Path,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
         *,
         round_timestep: bool = True,
-    ) -> "STDiT3":
+    ) -> STDiT3:
         """Load an official-layout folder (``config.json`` + ``model.safetensors``), cast to ``dtype``
         (default: torch's default dtype) on ``device`` (default CPU); strict key and shape check."""
         return load_pretrained(
@@ -576,7 +614,7 @@ class STDiT3(nn.Module):
     # -- input handling -----------------------------------------------------------------------------------------
     @staticmethod
     def _per_sample(
-        value: Optional[TensorOrNumber], batch: int, name: str, default: float, device: torch.device
+        value: TensorOrNumber | None, batch: int, name: str, default: float, device: torch.device
     ) -> torch.Tensor:
         """A float32 ``[B]`` tensor from ``None`` (default), a number, a scalar or a ``[B]`` tensor."""
         if value is None:
@@ -597,7 +635,7 @@ class STDiT3(nn.Module):
         return t
 
     @staticmethod
-    def _pixel_size(value: Optional[TensorOrNumber], default: int, name: str) -> float:
+    def _pixel_size(value: TensorOrNumber | None, default: int, name: str) -> float:
         if value is None:
             return float(default)
         if isinstance(value, torch.Tensor):
@@ -613,8 +651,8 @@ class STDiT3(nn.Module):
         return px
 
     def _text(
-        self, y: torch.Tensor, mask: Optional[torch.Tensor], batch: int, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        self, y: torch.Tensor, mask: torch.Tensor | None, batch: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Embedded text ``[B, L', C]`` and its boolean key mask (``None`` when all ``L'`` tokens are valid).
 
         Columns after the last valid token of the whole batch are dropped first; when the valid tokens of
@@ -630,7 +668,7 @@ class STDiT3(nn.Module):
         length = y.shape[1]
         if length == 0:
             raise ValueError("y has no text tokens")
-        key_mask: Optional[torch.Tensor] = None
+        key_mask: torch.Tensor | None = None
         if mask is not None:
             if mask.ndim == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
                 mask = mask[:, 0, 0]
@@ -657,12 +695,13 @@ class STDiT3(nn.Module):
         x: torch.Tensor,
         timestep: TensorOrNumber,
         y: torch.Tensor,
-        mask: Optional[torch.Tensor] = None,
-        fps: Optional[TensorOrNumber] = None,
-        height: Optional[TensorOrNumber] = None,
-        width: Optional[TensorOrNumber] = None,
+        mask: torch.Tensor | None = None,
+        fps: TensorOrNumber | None = None,
+        height: TensorOrNumber | None = None,
+        width: TensorOrNumber | None = None,
         *,
-        pab: Optional[PABRun] = None,
+        pab: PABRun | None = None,
+        parallel: ParallelState | None = None,
     ) -> torch.Tensor:
         """Predict ``[B, out_channels, T, H, W]`` (float32) from latents ``x`` ``[B, in_channels, T, H, W]``.
 
@@ -676,6 +715,9 @@ class STDiT3(nn.Module):
             height, width: the video's *pixel* size (numbers, or tensors whose first entry is used);
                 default 8x the latent size. They set the scale of the position table.
             pab: the request's PAB run (``begin_call()`` already called for this call) or ``None``.
+            parallel: this rank's parallel state; with an SP degree > 1 every rank of the SP group calls
+                this with the same arguments, works on its share of the spatial tokens and returns the
+                full prediction (see the module docstring). ``None``: one process.
         """
         if x.ndim != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be [batch, {self.in_channels}, frames, height, width], got {list(x.shape)}")
@@ -701,22 +743,24 @@ class STDiT3(nn.Module):
         width_px = self._pixel_size(width, LATENT_TO_PIXEL * w_in, "width")
         scale = math.sqrt(height_px * width_px) / self.config.input_sq_size
         pos = spatial_pos_table(self.hidden_size, gh, gw, scale, device=device).to(dtype)
-        h = self.x_embedder(x)  # [B, T*S, C]
-        h = (h.view(b, frames, tokens, -1) + pos).view(b, frames * tokens, -1)
+        sp = _sp_state(parallel)
+        h = self.x_embedder(x).view(b, frames, tokens, -1) + pos  # [B, T, S, C]
+        h = comm.shard(h, 2, sp).view(b, -1, self.hidden_size)  # this rank's tokens: [B, T*S', C]
 
         rope = self.rope.cos_sin(frames, device) if frames > 1 else None
         for d, (spatial, temporal) in enumerate(zip(self.spatial_blocks, self.temporal_blocks)):
-            h = spatial(h, text, key_mask, t_mlp, frames, tokens, pab=pab, block=d)
-            h = temporal(h, text, key_mask, t_mlp, frames, tokens, rope, pab=pab, block=d)
+            h = spatial(h, text, key_mask, t_mlp, frames, tokens, pab=pab, block=d, parallel=sp)
+            h = temporal(h, text, key_mask, t_mlp, frames, tokens, rope, pab=pab, block=d, parallel=sp)
 
-        h = self.final_layer(h, t)  # [B, T*S, pt*ph*pw*out]
+        h = self.final_layer(h, t)  # [B, T*S', pt*ph*pw*out], per token: gathered after it (fewer channels)
+        h = comm.gather(h.view(b, frames, -1, h.shape[-1]), sp, dim=2, full_size=tokens)  # [B, T, S, ...]
         return self._unpatchify(h, frames, gh, gw, (t_in, h_in, w_in)).float()
 
     def _unpatchify(
         self, h: torch.Tensor, frames: int, gh: int, gw: int, size: tuple[int, int, int]
     ) -> torch.Tensor:
-        """``[B, T'*H'*W', pt*ph*pw*c]`` (channel index ``((tp*ph + hp)*pw + wp)*c + ci``) -> ``[B, c, T, H, W]``
-        cropped to ``size``."""
+        """``[B, T'*H'*W', pt*ph*pw*c]`` or ``[B, T', H'*W', pt*ph*pw*c]`` (channel index
+        ``((tp*ph + hp)*pw + wp)*c + ci``) -> ``[B, c, T, H, W]`` cropped to ``size``."""
         b = h.shape[0]
         pt, ph, pw = self.patch_size
         c = self.out_channels

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Optional
+from typing import Any, ClassVar
 
 import torch
 
@@ -48,7 +49,7 @@ class OpenSoraPlanConfig(LatteConfig):
     """Latte's fields with Open-Sora-Plan v1.1's defaults (65x512x512: 17 latent frames)."""
 
     video_length: int = 17
-    interpolation_scale_1d: Optional[float] = None
+    interpolation_scale_1d: float | None = None
 
     @property
     def temporal_scale(self) -> float:
@@ -58,7 +59,7 @@ class OpenSoraPlanConfig(LatteConfig):
         return float(max(self.interpolation_scale_1d, 1))
 
     @classmethod
-    def from_json_dict(cls, data: Mapping[str, Any]) -> "OpenSoraPlanConfig":
+    def from_json_dict(cls, data: Mapping[str, Any]) -> OpenSoraPlanConfig:
         """Read a ``LatteT2V`` ``config.json``: ``sample_size`` may be ``[h, w]`` (square only); options
         this implementation lacks are refused by name; bookkeeping keys are ignored."""
         data = dict(data)
@@ -96,9 +97,6 @@ class OpenSoraPlanTransformer3D(LatteTransformer3D):
         positions = torch.arange(num_frames, device=device, dtype=torch.float32) / self.config.temporal_scale
         return get_1d_sincos_pos_embed(self.inner_dim, positions).float().unsqueeze(0)
 
-    def add_temporal_pos(self, hidden_states: torch.Tensor, block: int, num_frames: int) -> torch.Tensor:
+    def adds_temporal_pos(self, block: int, num_frames: int) -> bool:
         """The reference adds the table before the first temporal block, whatever the frame count."""
-        if block != 0:
-            return hidden_states
-        table = self.temporal_pos_table(num_frames, hidden_states.device)
-        return hidden_states + table.to(hidden_states.dtype)
+        return block == 0
