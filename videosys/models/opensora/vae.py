@@ -39,28 +39,32 @@ import copy
 import inspect
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Union, overload
 
 import torch
 from torch import nn
 
 from videosys.models.opensora.temporal_vae import TemporalVAE
 from videosys.models.weights import load_pretrained
+from videosys.parallel.decode import decode_split
+from videosys.parallel.state import ParallelState
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
 
 __all__ = [
+    "DEFAULT_MICRO_BATCH_SIZE",
+    "DEFAULT_MICRO_FRAME_SIZE",
+    "DEFAULT_SCALE",
+    "DEFAULT_SHIFT",
     "MODEL_TYPE",
     "SDXL_VAE_CONFIG",
     "SPATIAL_SCALING",
-    "DEFAULT_SHIFT",
-    "DEFAULT_SCALE",
-    "DEFAULT_MICRO_FRAME_SIZE",
-    "DEFAULT_MICRO_BATCH_SIZE",
-    "SpatialVAE",
+    "DecodeClip",
     "OpenSoraVAE",
+    "SpatialVAE",
     "build_autoencoder_kl",
 ]
 
@@ -104,7 +108,7 @@ PathLike = Union[str, Path]
 DeviceLike = Union[str, torch.device, None]
 
 
-def build_autoencoder_kl(overrides: Optional[Mapping[str, Any]] = None) -> AutoencoderKL:
+def build_autoencoder_kl(overrides: Mapping[str, Any] | None = None) -> AutoencoderKL:
     """An (uninitialised) ``AutoencoderKL`` with :data:`SDXL_VAE_CONFIG` updated by ``overrides``.
 
     Keys of ``overrides`` starting with ``_`` (``_class_name``, ``_diffusers_version``) are ignored; any
@@ -127,7 +131,7 @@ def build_autoencoder_kl(overrides: Optional[Mapping[str, Any]] = None) -> Autoe
     return AutoencoderKL(**config)
 
 
-def _channel_vector(value: Union[float, Sequence[float]], channels: int, name: str) -> torch.Tensor:
+def _channel_vector(value: float | Sequence[float], channels: int, name: str) -> torch.Tensor:
     """``value`` (a number or one number per channel) as a float32 ``[1, channels, 1, 1, 1]`` tensor."""
     if isinstance(value, (int, float)):
         values = [float(value)] * channels
@@ -154,7 +158,7 @@ class SpatialVAE(nn.Module):
     ``micro_batch_size`` images (all at once when ``None``).
     """
 
-    def __init__(self, autoencoder: AutoencoderKL, micro_batch_size: Optional[int] = DEFAULT_MICRO_BATCH_SIZE) -> None:
+    def __init__(self, autoencoder: AutoencoderKL, micro_batch_size: int | None = DEFAULT_MICRO_BATCH_SIZE) -> None:
         super().__init__()
         if micro_batch_size is not None and micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be positive or None, got {micro_batch_size}")
@@ -179,12 +183,12 @@ class SpatialVAE(nn.Module):
         return [(i, min(i + step, count)) for i in range(0, count, step)]
 
     def encode(
-        self, x: torch.Tensor, *, sample_posterior: bool = True, generator: Optional[torch.Generator] = None
+        self, x: torch.Tensor, *, sample_posterior: bool = True, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Scaled latents ``[B, latent_channels, T, H // f, W // f]`` of frames ``x`` ``[B, C, T, H, W]``."""
         b, c, t, h, w = x.shape
         images = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
-        out: Optional[torch.Tensor] = None
+        out: torch.Tensor | None = None
         for i0, i1 in self._batches(b * t):
             dist = self.module.encode(images[i0:i1]).latent_dist
             lat = dist.sample(generator=generator) if sample_posterior else dist.mode()
@@ -195,7 +199,7 @@ class SpatialVAE(nn.Module):
         assert out is not None
         return out.reshape(b, t, *out.shape[1:]).permute(0, 2, 1, 3, 4)
 
-    def decode_into(self, z: torch.Tensor, out: Optional[torch.Tensor] = None, t0: int = 0) -> torch.Tensor:
+    def decode_into(self, z: torch.Tensor, out: torch.Tensor | None = None, t0: int = 0) -> torch.Tensor:
         """Decode scaled latents ``z`` ``[B, c, t, h, w]`` and write the frames to ``out[:, :, t0:t0 + t]``.
 
         ``out`` (``[B, C, T, h * f, w * f]``) is allocated (with ``T = t0 + t``) when not given, in the
@@ -213,6 +217,17 @@ class SpatialVAE(nn.Module):
         return out
 
 
+@dataclass(frozen=True)
+class DecodeClip:
+    """One independent piece of :meth:`OpenSoraVAE.decode`: a temporal clip, latent frames
+    ``[z_start, z_start + z_frames)`` decoded to video frames ``[start, start + frames)``."""
+
+    z_start: int
+    z_frames: int
+    start: int
+    frames: int
+
+
 class OpenSoraVAE(nn.Module):
     """Open-Sora v1.2 video VAE: :class:`SpatialVAE` (``spatial_vae``) + temporal VAE (``temporal_vae``).
 
@@ -228,12 +243,12 @@ class OpenSoraVAE(nn.Module):
 
     def __init__(
         self,
-        autoencoder: Optional[AutoencoderKL] = None,
+        autoencoder: AutoencoderKL | None = None,
         *,
-        micro_batch_size: Optional[int] = DEFAULT_MICRO_BATCH_SIZE,
-        micro_frame_size: Optional[int] = DEFAULT_MICRO_FRAME_SIZE,
-        shift: Union[float, Sequence[float]] = DEFAULT_SHIFT,
-        scale: Union[float, Sequence[float]] = DEFAULT_SCALE,
+        micro_batch_size: int | None = DEFAULT_MICRO_BATCH_SIZE,
+        micro_frame_size: int | None = DEFAULT_MICRO_FRAME_SIZE,
+        shift: float | Sequence[float] = DEFAULT_SHIFT,
+        scale: float | Sequence[float] = DEFAULT_SCALE,
         temporal_filters: int = 128,
         temporal_num_res_blocks: int = 4,
         temporal_num_groups: int = 32,
@@ -260,7 +275,7 @@ class OpenSoraVAE(nn.Module):
     # -- construction -----------------------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "OpenSoraVAE":
+    def from_config(cls, config: Mapping[str, Any]) -> OpenSoraVAE:
         """Build (uninitialised) from an official ``config.json`` dict, with the extensions in the module
         docstring.  Raises ``ValueError`` for another model or sub-model type."""
         model_type = config.get("model_type", MODEL_TYPE)
@@ -292,8 +307,8 @@ class OpenSoraVAE(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, folder: PathLike, dtype: Optional[torch.dtype] = None, device: DeviceLike = None
-    ) -> "OpenSoraVAE":
+        cls, folder: PathLike, dtype: torch.dtype | None = None, device: DeviceLike = None
+    ) -> OpenSoraVAE:
         """Load an official folder (``config.json`` + ``model.safetensors``) in eval mode.
 
         Every key and shape is checked (``CheckpointMismatchError`` names the offenders). ``dtype``
@@ -342,7 +357,7 @@ class OpenSoraVAE(nn.Module):
         return self.temporal_vae.time_downsample_factor
 
     @property
-    def micro_z_frame_size(self) -> Optional[int]:
+    def micro_z_frame_size(self) -> int | None:
         """Latent frames of a full clip of ``micro_frame_size`` frames (5), ``None`` without clips."""
         if self.micro_frame_size is None:
             return None
@@ -377,7 +392,7 @@ class OpenSoraVAE(nn.Module):
     # -- encode / decode --------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor, generator: Optional[torch.Generator] = None, sample: bool = True) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True) -> torch.Tensor:
         """Normalised latents ``[B, 4, latent_frames(T), H // 8, W // 8]`` of ``x`` ``[B, 3, T, H, W]``.
 
         With ``sample`` (the reference behaviour) both posteriors are sampled, drawing noise from
@@ -397,34 +412,78 @@ class OpenSoraVAE(nn.Module):
             t_out += lat.shape[2]
         return (z - self.shift.to(z.dtype)) / self.scale.to(z.dtype)
 
+    def decode_items(self, num_frames: int) -> list[DecodeClip]:
+        """The temporal clips of a ``num_frames`` decode, in order: the independent pieces of work that
+        :meth:`decode` with ``parallel`` spreads over the ranks (:meth:`decode_item` decodes one,
+        :meth:`assemble` joins their outputs)."""
+        clips = []
+        z_start = start = 0
+        for n in self._clips(num_frames):
+            zt = self.temporal_vae.latent_frames(n)
+            clips.append(DecodeClip(z_start=z_start, z_frames=zt, start=start, frames=n))
+            z_start += zt
+            start += n
+        return clips
+
+    def _check_latent(self, z: torch.Tensor, num_frames: int) -> None:
+        _check_video(z, self.out_channels, "decode input")
+        expected = self.latent_frames(num_frames)
+        if z.shape[2] != expected:
+            raise ValueError(f"{num_frames} frames have {expected} latent frames, but z has {z.shape[2]}")
+
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def decode_item(self, z: torch.Tensor, clip: DecodeClip) -> torch.Tensor:
+        """Frames ``[B, 3, clip.frames, h * 8, w * 8]`` of one clip of the normalised latent ``z`` (the whole
+        ``[B, 4, t, h, w]`` latent that :meth:`decode` takes; only the clip's frames are read)."""
+        zc = z[:, :, clip.z_start : clip.z_start + clip.z_frames].to(self.dtype)
+        zc = zc * self.scale.to(zc.dtype) + self.shift.to(zc.dtype)
+        return self.spatial_vae.decode_into(self.temporal_vae.decode(zc, num_frames=clip.frames))
+
+    @staticmethod
+    def assemble(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The video of the clips' decoded frames (:meth:`decode_item` outputs, in clip order)."""
+        return outputs[0] if len(outputs) == 1 else torch.cat(list(outputs), dim=2)
+
+    @overload
+    def decode(self, z: torch.Tensor, num_frames: int, *, parallel: None = None) -> torch.Tensor: ...
+
+    @overload
+    def decode(self, z: torch.Tensor, num_frames: int, *, parallel: ParallelState) -> torch.Tensor | None: ...
+
+    @torch.no_grad()
+    def decode(
+        self, z: torch.Tensor, num_frames: int, *, parallel: ParallelState | None = None
+    ) -> torch.Tensor | None:
         """Frames ``[B, 3, num_frames, h * 8, w * 8]`` of normalised latents ``z`` ``[B, 4, t, h, w]``.
 
         ``num_frames`` must be a frame count whose latent has ``t`` frames (see :meth:`latent_frames`).
         Each temporal clip is decoded on its own and its frames go through the 2D decoder in
         micro-batches straight into the output, so only one clip's intermediate activations live at once.
+
+        ``parallel``: every world rank of that state calls this with the same ``z``; the clips are split
+        over the ranks (by frame count, :func:`~videosys.parallel.decode.decode_split`) and gathered on rank
+        0, which returns the video (equal to the single-process decode up to float rounding); the other
+        ranks return ``None``. Rank 0 then holds all clips' frames and the video at once.
         """
-        _check_video(z, self.out_channels, "decode input")
-        expected = self.latent_frames(num_frames)
-        if z.shape[2] != expected:
-            raise ValueError(f"{num_frames} frames have {expected} latent frames, but z has {z.shape[2]}")
+        self._check_latent(z, num_frames)
+        if parallel is not None and parallel.world_size > 1:
+            clips = self.decode_items(num_frames)
+            outputs = decode_split(
+                clips, lambda clip: self.decode_item(z, clip), parallel, z.device, costs=[c.frames for c in clips]
+            )
+            return None if outputs is None else self.assemble(outputs)
         z = z.to(self.dtype)
         z = z * self.scale.to(z.dtype) + self.shift.to(z.dtype)
         b, _, _, h, w = z.shape
         f = self.spatial_downsample
         out = z.new_empty((b, int(self.spatial_vae.module.config.out_channels), num_frames, h * f, w * f))
-        t_in = t_out = 0
-        for n in self._clips(num_frames):
-            zt = self.temporal_vae.latent_frames(n)
-            x_z = self.temporal_vae.decode(z[:, :, t_in : t_in + zt], num_frames=n)
-            self.spatial_vae.decode_into(x_z, out, t_out)
-            t_in += zt
-            t_out += n
+        for clip in self.decode_items(num_frames):
+            x_z = self.temporal_vae.decode(z[:, :, clip.z_start : clip.z_start + clip.z_frames], num_frames=clip.frames)
+            self.spatial_vae.decode_into(x_z, out, clip.start)
         return out
 
     def forward(
-        self, x: torch.Tensor, generator: Optional[torch.Generator] = None, sample: bool = True
+        self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
     ) -> torch.Tensor:
         """Reconstruction of ``x``: ``decode(encode(x), T)``."""
         return self.decode(self.encode(x, generator=generator, sample=sample), x.shape[2])

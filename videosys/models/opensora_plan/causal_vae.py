@@ -106,15 +106,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, ClassVar, Union, overload
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...parallel.decode import decode_split
+from ...parallel.state import ParallelState
 from ..config_values import is_int, is_number
 from ..weights import load_pretrained
 from .causal_vae_blocks import (
@@ -132,13 +134,14 @@ from .causal_vae_blocks import (
 
 __all__ = [
     "CLASS_NAME",
-    "WEIGHTS_NAME",
     "DEFAULT_SCALING_FACTOR",
     "LOGVAR_RANGE",
-    "CausalVAEConfig",
-    "CausalVAEEncoder",
-    "CausalVAEDecoder",
+    "WEIGHTS_NAME",
     "CausalVAE",
+    "CausalVAEConfig",
+    "CausalVAEDecoder",
+    "CausalVAEEncoder",
+    "DecodeTile",
     "time_chunks",
 ]
 
@@ -213,7 +216,7 @@ class CausalVAEConfig:
     decoder_temporal_upsample: tuple[str, ...] = ("", "", TIME_UP, TIME_UP)
     lr: float = 1e-5
     loss_type: str = "opensora.models.ae.videobase.losses.LPIPSWithDiscriminator3D"
-    loss_params: Optional[Mapping[str, Any]] = dataclasses.field(default=None, compare=False)  # training only
+    loss_params: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False)  # training only
     # -- extensions (not in the official file) --
     scaling_factor: float = DEFAULT_SCALING_FACTOR
     norm_num_groups: int = 32
@@ -327,7 +330,7 @@ class CausalVAEConfig:
 
     # -- JSON -----------------------------------------------------------------------------------------------
     @classmethod
-    def from_json_dict(cls, data: Mapping[str, Any]) -> "CausalVAEConfig":
+    def from_json_dict(cls, data: Mapping[str, Any]) -> CausalVAEConfig:
         """Build from an official ``config.json`` dict (plus the extensions).
 
         diffusers bookkeeping keys are dropped and unknown keys ignored (debug log); a ``_class_name``
@@ -379,7 +382,7 @@ class _Level(nn.Module):
     """One resolution level: ``block`` (ResNet blocks), then optionally a spatial and a time resampling
     (``downsample`` / ``time_downsample`` in the encoder, ``upsample`` / ``time_upsample`` in the decoder)."""
 
-    def __init__(self, blocks: nn.ModuleList, spatial: Optional[nn.Module], temporal: Optional[nn.Module], up: bool):
+    def __init__(self, blocks: nn.ModuleList, spatial: nn.Module | None, temporal: nn.Module | None, up: bool):
         super().__init__()
         self.block = blocks
         self._spatial_name = "upsample" if up else "downsample"
@@ -444,7 +447,7 @@ class CausalVAEDecoder(nn.Module):
         block_in = c.hidden_size * c.hidden_size_mult[-1]
         self.conv_in = CausalConv3d(c.z_channels, block_in, 3, spatial_padding=1)
         self.mid = _Mid(block_in, groups)
-        by_level: list[Optional[_Level]] = [None] * levels
+        by_level: list[_Level | None] = [None] * levels
         for i in reversed(range(levels)):
             block_out = c.hidden_size * c.hidden_size_mult[i]
             blocks = nn.ModuleList()
@@ -555,18 +558,39 @@ def _tiled_spatial(
     """Run ``fn`` on overlapping spatial tiles of ``x`` ``[..., H, W]`` and hand each blended, cropped
     tile to ``write(crop, row0, col0)`` (output coordinates).
 
-    Tiles start every ``plan.stride`` input pixels (reference placement). Each tile is blended with the
-    tile above, then with the tile to its left, both taken *after* their own blending; then its first
-    ``plan.keep`` rows and columns are kept. Only the edge strips needed by the next tiles are retained.
+    Tiles start every ``plan.stride`` input pixels (reference placement) and are computed one at a time,
+    as :func:`_blend_tiles` consumes them.
     """
-    h, w = x.shape[-2:]
-    rows = range(0, h, plan.stride)
-    cols = range(0, w, plan.stride)
-    above: list[Optional[torch.Tensor]] = [None] * len(cols)
-    for i, r in enumerate(rows):
-        left: Optional[torch.Tensor] = None
-        for j, c in enumerate(cols):
-            tile = fn(x[..., r : r + plan.tile, c : c + plan.tile])
+    rows, cols = _tile_starts(x.shape[-2], plan), _tile_starts(x.shape[-1], plan)
+    tiles = (fn(x[..., r : r + plan.tile, c : c + plan.tile]) for r in rows for c in cols)
+    _blend_tiles(tiles, len(rows), len(cols), plan, write)
+
+
+def _tile_starts(size: int, plan: _SpatialPlan) -> range:
+    """Input offsets of the tiles along a side of ``size`` input pixels (the reference's placement)."""
+    return range(0, size, plan.stride)
+
+
+def _blend_tiles(
+    tiles: Iterable[torch.Tensor],
+    n_rows: int,
+    n_cols: int,
+    plan: _SpatialPlan,
+    write: Callable[[torch.Tensor, int, int], None],
+) -> None:
+    """Blend the outputs of an ``n_rows x n_cols`` grid of tiles (``tiles`` in row-major order, each
+    modified in place) and hand each cropped tile to ``write(crop, row0, col0)`` (output coordinates).
+
+    Each tile is blended with the tile above, then with the tile to its left, both taken *after* their
+    own blending; then its first ``plan.keep`` rows and columns are kept. Only the edge strips needed by
+    the next tiles are retained, so a lazy ``tiles`` keeps one tile alive at a time.
+    """
+    it = iter(tiles)
+    above: list[torch.Tensor | None] = [None] * n_cols
+    for i in range(n_rows):
+        left: torch.Tensor | None = None
+        for j in range(n_cols):
+            tile = next(it)
             if i > 0 and above[j] is not None:
                 _blend_rows(above[j], tile, plan.blend)
             if j > 0 and left is not None:
@@ -576,6 +600,29 @@ def _tiled_spatial(
                 above[j] = tile[..., tile.shape[-2] - min(plan.blend, tile.shape[-2]) :, :].clone()
                 left = tile[..., tile.shape[-1] - min(plan.blend, tile.shape[-1]) :].clone()
             del tile
+
+
+@dataclass(frozen=True)
+class DecodeTile:
+    """One independent piece of :meth:`CausalVAE.decode`: latent frames ``[t0, t1)`` (time chunk
+    ``chunk``), rows ``[row, row + height)`` and columns ``[col, col + width)``, decoded on its own.
+    Row ``i``, column ``j`` of its chunk's tile grid. An untiled decode is a single tile of the whole latent.
+    """
+
+    chunk: int
+    t0: int
+    t1: int
+    i: int
+    j: int
+    row: int
+    col: int
+    height: int
+    width: int
+
+    @property
+    def cost(self) -> int:
+        """Latent voxels decoded (the decode's cost is about proportional)."""
+        return (self.t1 - self.t0) * self.height * self.width
 
 
 # -- the model --------------------------------------------------------------------------------------------
@@ -607,13 +654,13 @@ class CausalVAE(nn.Module):
 
     def __init__(
         self,
-        config: Optional[CausalVAEConfig] = None,
+        config: CausalVAEConfig | None = None,
         *,
-        tile_latent_min_size: Optional[int] = None,
-        tile_latent_min_size_t: Optional[int] = None,
-        tile_sample_min_size: Optional[int] = None,
-        tile_sample_min_size_t: Optional[int] = None,
-        tile_overlap_factor: Optional[float] = None,
+        tile_latent_min_size: int | None = None,
+        tile_latent_min_size_t: int | None = None,
+        tile_sample_min_size: int | None = None,
+        tile_sample_min_size_t: int | None = None,
+        tile_overlap_factor: float | None = None,
     ) -> None:
         super().__init__()
         overrides = {
@@ -643,7 +690,7 @@ class CausalVAE(nn.Module):
     # -- construction ---------------------------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, config: Union[Mapping[str, Any], CausalVAEConfig]) -> "CausalVAE":
+    def from_config(cls, config: Mapping[str, Any] | CausalVAEConfig) -> CausalVAE:
         """Build (randomly initialised) from an official ``config.json`` dict (plus the extensions) or a
         :class:`CausalVAEConfig`."""
         if isinstance(config, CausalVAEConfig):
@@ -652,8 +699,8 @@ class CausalVAE(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, folder: PathLike, dtype: Optional[torch.dtype] = None, device: DeviceLike = None
-    ) -> "CausalVAE":
+        cls, folder: PathLike, dtype: torch.dtype | None = None, device: DeviceLike = None
+    ) -> CausalVAE:
         """Load an official-layout folder (``config.json`` + ``diffusion_pytorch_model.safetensors`` or
         ``.bin``) in eval mode, cast to ``dtype`` (default: torch's default dtype; the reference runs in
         fp16) on ``device`` (default CPU).
@@ -728,7 +775,7 @@ class CausalVAE(nn.Module):
     def encode(
         self,
         x: torch.Tensor,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
         sample: bool = False,
         *,
         tiled: bool = False,
@@ -763,15 +810,66 @@ class CausalVAE(nn.Module):
         """``decoder(post_quant_conv(z))`` of one tile (or of the whole latent)."""
         return self.decoder(self.post_quant_conv(z))
 
-    def _tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
+    def _decode_plan(self) -> _SpatialPlan:
+        return _spatial_plan(self.tile_latent_min_size, self.spatial_downsample, 1, self.tile_overlap_factor,
+                             "tiled decode")
+
+    def _exceeds_tile(self, z: torch.Tensor) -> bool:
+        return (
+            z.shape[2] > self.tile_latent_min_size_t
+            or z.shape[3] > self.tile_latent_min_size
+            or z.shape[4] > self.tile_latent_min_size
+        )
+
+    def decode_items(self, z: torch.Tensor, *, tiled: bool = True) -> list[DecodeTile]:
+        """The independent pieces of ``decode(z, tiled=tiled)`` in decode order (chunk, then row-major
+        tiles): every time chunk's spatial tiles when the decode is tiled, else one tile of the whole
+        latent. :meth:`decode_item` decodes one, :meth:`assemble` blends and stitches their outputs."""
+        _check_video(z, self.latent_channels, "decode input")
+        _, _, t, h, w = z.shape
+        if not (tiled and self._exceeds_tile(z)):
+            return [DecodeTile(chunk=0, t0=0, t1=t, i=0, j=0, row=0, col=0, height=h, width=w)]
+        plan = self._decode_plan()
+        rows, cols = _tile_starts(h, plan), _tile_starts(w, plan)
+        return [
+            DecodeTile(chunk=k, t0=t0, t1=t1, i=i, j=j, row=r, col=c,
+                       height=min(plan.tile, h - r), width=min(plan.tile, w - c))
+            for k, (t0, t1) in enumerate(time_chunks(t, self.tile_latent_min_size_t))
+            for i, r in enumerate(rows)
+            for j, c in enumerate(cols)
+        ]
+
+    @staticmethod
+    def _tile_input(z: torch.Tensor, tile: DecodeTile) -> torch.Tensor:
+        return z[:, :, tile.t0 : tile.t1, tile.row : tile.row + tile.height, tile.col : tile.col + tile.width]
+
+    @torch.no_grad()
+    def decode_item(self, z: torch.Tensor, tile: DecodeTile) -> torch.Tensor:
+        """The raw (unblended, uncropped) decode ``[B, 3, 1 + 4 (t1 - t0 - 1), 8 height, 8 width]`` of one
+        tile of the unscaled latent ``z`` (the whole latent :meth:`decode` takes)."""
+        return self._decode_tile(self._tile_input(z, tile).to(self.dtype))
+
+    def assemble(self, z: torch.Tensor, tiles: Sequence[DecodeTile], outputs: Iterable[torch.Tensor]) -> torch.Tensor:
+        """The decoded video of ``z`` from the :meth:`decode_item` outputs of ``tiles`` (all of
+        :meth:`decode_items`, in order): each chunk's tiles blended and cropped exactly as the tiled
+        decode does, later chunks losing their first frame. ``outputs`` may be lazy (consumed in order,
+        one tile alive at a time) and are modified in place. ``z`` only gives the shape."""
+        if len(tiles) == 1:  # untiled (a tiled decode always has several pieces)
+            return next(iter(outputs))
         s = self.spatial_downsample
-        plan = _spatial_plan(self.tile_latent_min_size, s, 1, self.tile_overlap_factor, "tiled decode")
+        plan = self._decode_plan()
         b, _, t, h, w = z.shape
-        out: Optional[torch.Tensor] = None
+        n_rows, n_cols = len(_tile_starts(h, plan)), len(_tile_starts(w, plan))
+        per_chunk = n_rows * n_cols
+        if len(tiles) % per_chunk:
+            raise ValueError(f"assemble: {len(tiles)} tiles are not whole chunks of {n_rows} x {n_cols}")
+        it = iter(outputs)
+        out: torch.Tensor | None = None
         pos = 0
-        for k, (t0, t1) in enumerate(time_chunks(t, self.tile_latent_min_size_t)):
+        for k in range(len(tiles) // per_chunk):
+            first = tiles[k * per_chunk]
             drop = 1 if k > 0 else 0
-            n = self.decoded_frames(t1 - t0) - drop
+            n = self.decoded_frames(first.t1 - first.t0) - drop
 
             def write(crop: torch.Tensor, r: int, c: int, pos: int = pos, drop: int = drop, n: int = n) -> None:
                 nonlocal out
@@ -779,33 +877,55 @@ class CausalVAE(nn.Module):
                     out = crop.new_empty((b, crop.shape[1], self.decoded_frames(t), h * s, w * s))
                 out[:, :, pos : pos + n, r : r + crop.shape[-2], c : c + crop.shape[-1]] = crop[:, :, drop:]
 
-            _tiled_spatial(z[:, :, t0:t1], self._decode_tile, plan, write)
+            _blend_tiles((next(it) for _ in range(per_chunk)), n_rows, n_cols, plan, write)
             pos += n
         assert out is not None
         return out
 
+    def _tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
+        tiles = self.decode_items(z)
+        return self.assemble(z, tiles, (self._decode_tile(self._tile_input(z, tile)) for tile in tiles))
+
+    @overload
+    def decode(self, z: torch.Tensor, *, tiled: bool = True, parallel: None = None) -> torch.Tensor: ...
+
+    @overload
+    def decode(self, z: torch.Tensor, *, tiled: bool = True, parallel: ParallelState) -> torch.Tensor | None: ...
+
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, *, tiled: bool = True) -> torch.Tensor:
+    def decode(
+        self, z: torch.Tensor, *, tiled: bool = True, parallel: ParallelState | None = None
+    ) -> torch.Tensor | None:
         """Frames ``[B, 3, 1 + 4 (t - 1), 8 h, 8 w]`` (about ``[-1, 1]``) of an unscaled latent ``[B, 4, t, h, w]``.
 
         With ``tiled`` (default, as the official pipeline) a latent longer than
         ``tile_latent_min_size_t`` frames or larger than ``tile_latent_min_size`` is decoded in
         overlapping chunks and tiles (module docstring): bounded memory, the official pipeline's output,
         but not equal to the untiled decode. Smaller latents are decoded whole either way.
+
+        ``parallel``: every world rank of that state calls this with the same ``z``; the tiles (all
+        chunks') are split over the ranks by latent volume (:func:`~videosys.parallel.decode.decode_split`)
+        and gathered on rank 0, which blends them as above and returns the video (equal to the
+        single-process decode up to float rounding); the other ranks return ``None``. Memory is then no
+        longer bounded by one tile: rank 0 holds every raw tile (about ``(tile / keep)^2``, 1.8x, the
+        video) plus the video. An untiled decode is one piece, decoded by rank 0 alone.
         """
         _check_video(z, self.latent_channels, "decode input")
+        if parallel is not None and parallel.world_size > 1:
+            tiles = self.decode_items(z, tiled=tiled)
+            costs = [tile.cost for tile in tiles] if len(tiles) > 1 else None
+            outputs = decode_split(tiles, lambda tile: self.decode_item(z, tile), parallel, z.device, costs=costs)
+            if outputs is None:
+                return None
+            outputs.reverse()  # hand them over one by one, so that each is freed once blended
+            return self.assemble(z, tiles, (outputs.pop() for _ in range(len(tiles))))
         z = z.to(self.dtype)
-        exceeds = (
-            z.shape[2] > self.tile_latent_min_size_t
-            or z.shape[3] > self.tile_latent_min_size
-            or z.shape[4] > self.tile_latent_min_size
-        )
-        if tiled and exceeds:
+        if tiled and self._exceeds_tile(z):
             return self._tiled_decode(z)
         return self._decode_tile(z)
 
     def forward(
-        self, x: torch.Tensor, generator: Optional[torch.Generator] = None, sample: bool = False
+        self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False
     ) -> torch.Tensor:
         """Reconstruction ``decode(encode(x))`` (untiled encode, tiled decode)."""
         return self.decode(self.encode(x, generator=generator, sample=sample))
