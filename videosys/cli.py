@@ -7,8 +7,8 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 logger = logging.getLogger("videosys.cli")
 
@@ -66,6 +66,10 @@ def _format_summary(result, path: Path) -> str:
     for kind, counts in result.pab_stats.items():
         total = counts["computed"] + counts["broadcast"]
         lines.append(f"  {kind:<9}{counts['broadcast']:>6} broadcast / {total:>6} calls")
+    if result.comm_stats:
+        lines.append("comm       (all ranks)")
+        for kind, counts in result.comm_stats.items():
+            lines.append(f"  {kind:<17}{counts['calls']:>7} calls {counts['bytes'] / 2**20:>10.1f} MiB")
     lines.append(f"output     {path} ({result.num_frames} frames, {result.frames.shape[2]}x{result.frames.shape[1]}, {result.fps} fps)")
     return "\n".join(lines)
 

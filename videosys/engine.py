@@ -4,8 +4,9 @@ PAB setting and the executor, and validates every request before any model work.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, overload
+from typing import Any, overload
 
 import torch
 
@@ -15,7 +16,7 @@ from .pab import PABConfig, PABConfigError, resolve_pab
 from .registry import ModelRegistry, default_registry
 from .request import GenerationRequest, build_request
 from .result import GenerationResult
-from .runtime import Executor, LocalExecutor
+from .runtime import Executor, LocalExecutor, PipelineSpec
 
 logger = logging.getLogger(__name__)
 
@@ -93,17 +94,21 @@ class VideoSysEngine:
         except PABConfigError as exc:
             raise RequestError("pab", pab, str(exc)) from None
         self.progress = progress
-        self._executor: Executor = LocalExecutor(
-            lambda: pipeline_cls.load(self.checkpoint, self.config, self.device, self.dtype)
-        )
+        spec = self.pipeline_spec()
+        self._executor: Executor = LocalExecutor(spec.build)
         logger.info("engine: model %s, weights %s, %s %s, pab %s", self.spec.name, self.checkpoint, self.device,
                     self.dtype, self.default_pab.name)
+
+    def pipeline_spec(self) -> PipelineSpec:
+        """What a rank needs to build this engine's pipeline (picklable; used by the parallel runners)."""
+        return PipelineSpec(pipeline=self.spec.pipeline, checkpoint=self.checkpoint, config=self.config,
+                            device=str(self.device), dtype=self.dtype)
 
     @property
     def model(self) -> str:
         return self.spec.name
 
-    def load(self) -> "VideoSysEngine":
+    def load(self) -> VideoSysEngine:
         """Load the pipeline now instead of on the first request."""
         if isinstance(self._executor, LocalExecutor):
             _ = self._executor.pipeline
@@ -139,7 +144,7 @@ class VideoSysEngine:
     def shutdown(self) -> None:
         self._executor.shutdown()
 
-    def __enter__(self) -> "VideoSysEngine":
+    def __enter__(self) -> VideoSysEngine:
         return self
 
     def __exit__(self, *exc: object) -> None:

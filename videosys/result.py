@@ -18,7 +18,8 @@ class GenerationResult:
 
     ``frames`` is uint8 [T, H, W, 3]; ``timings`` are seconds per stage (text_encoder, denoise, vae_decode,
     total); ``pab_stats`` gives per kind (spatial, temporal, cross, mlp) the module calls computed and
-    broadcast in this request.
+    broadcast in this request; ``comm_stats`` (parallel runs only) gives per collective kind the calls and
+    bytes all ranks of the request sent (``"total"`` sums them).
     """
 
     frames: np.ndarray
@@ -27,6 +28,7 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
     pab_stats: dict[str, dict[str, int]] = field(default_factory=dict)
     model: str = ""
+    comm_stats: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def num_frames(self) -> int:
@@ -45,4 +47,5 @@ class GenerationResult:
             "pab": self.request.pab.name,
             "timings": dict(self.timings),
             "pab_stats": {k: dict(v) for k, v in self.pab_stats.items()},
+            "comm_stats": {k: dict(v) for k, v in self.comm_stats.items()},
         }

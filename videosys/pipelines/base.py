@@ -4,30 +4,70 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from ..config import ModelConfig
+from ..errors import RequestError
+from ..parallel import ParallelState, comm
 from ..request import GenerationRequest
 from ..result import GenerationResult
 
 
 class Pipeline(ABC):
-    """A loaded model family: its checkpoint folders and how one request becomes a video."""
+    """A loaded model family: its checkpoint folders and how one request becomes a video.
+
+    In a parallel layout (``parallel``, a :class:`ParallelState`) every rank of the request builds the same
+    pipeline and runs ``generate`` on the same request: rank 0 (the driver) encodes the text once and shares
+    it, the denoiser is split by sequence and/or CFG branch, the VAE decode is split across the ranks, and
+    only the driver returns a result (the others return ``None``).
+    """
 
     #: subfolders a checkpoint of this pipeline must have
     components: Sequence[str] = ()
+    parallel: ParallelState
+    device: torch.device
 
     @classmethod
     @abstractmethod
-    def load(cls, checkpoint: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype) -> "Pipeline": ...
+    def load(cls, checkpoint: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype,
+             parallel: ParallelState | None = None) -> Pipeline: ...
 
     def check(self, request: GenerationRequest) -> None:
-        """Raise if this loaded checkpoint cannot serve ``request`` (called for every request before any runs)."""
+        """Raise if this loaded checkpoint or layout cannot serve ``request`` (called for every request
+        before any runs)."""
+        if self.parallel.cfg_enabled and request.guidance <= 1.0:
+            raise RequestError("guidance", request.guidance,
+                               "> 1 with CFG parallel (guidance <= 1 has no unconditional branch to run)")
+
+    # -- what the parallel layout changes in every pipeline ------------------------------------------------
+    def shared(self, make: Callable[[], tuple[torch.Tensor | None, ...]]) -> tuple[torch.Tensor | None, ...]:
+        """``make()`` on the driver only (text encoding), its tensors broadcast to every rank."""
+        if self.parallel.world_size == 1:
+            return make()
+        return comm.broadcast_tensors(make() if self.parallel.is_driver else None, self.parallel, self.device)
+
+    def cfg_branch(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's half of a CFG batch ``[branch 0, branch 1]`` under CFG parallel, else the whole batch."""
+        if not self.parallel.cfg_enabled:
+            return batch
+        return batch.chunk(2)[self.parallel.cfg_rank]
+
+    def cfg_join(self, out: torch.Tensor) -> torch.Tensor:
+        """The full CFG batch of denoiser outputs on every rank (the inverse of :meth:`cfg_branch`)."""
+        if not self.parallel.cfg_enabled:
+            return out
+        return torch.cat(comm.cfg_all_gather(out, self.parallel))
+
+    def comm_stats(self) -> dict[str, dict[str, int]]:
+        """Collectives of the current request summed over its ranks (empty on one rank)."""
+        if self.parallel.world_size == 1:
+            return {}
+        return comm.sum_stats(self.parallel)
 
     @abstractmethod
     def generate(self, request: GenerationRequest, progress: bool = True) -> GenerationResult: ...
@@ -76,9 +116,10 @@ def transformers_dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     return {key: dtype}
 
 
-def load_t5(checkpoint: Path, dtype: torch.dtype) -> tuple[object, torch.nn.Module]:
+def load_t5(checkpoint: Path, dtype: torch.dtype, encoder: bool = True) -> tuple[object, torch.nn.Module | None]:
     """The T5 tokenizer and encoder of a checkpoint folder: weights in ``text_encoder/``, tokenizer files in
-    ``tokenizer/`` or, as in the DeepFloyd repository, next to the weights."""
+    ``tokenizer/`` or, as in the DeepFloyd repository, next to the weights. ``encoder=False`` skips the
+    weights (ranks that never encode text)."""
     from transformers import AutoTokenizer, T5EncoderModel
 
     from ..errors import WeightsNotFoundError
@@ -86,7 +127,8 @@ def load_t5(checkpoint: Path, dtype: torch.dtype) -> tuple[object, torch.nn.Modu
     tokenizer_dir = checkpoint / "tokenizer" if (checkpoint / "tokenizer").is_dir() else checkpoint / "text_encoder"
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        text_encoder = T5EncoderModel.from_pretrained(checkpoint / "text_encoder", **transformers_dtype_kwarg(dtype))
+        text_encoder = (T5EncoderModel.from_pretrained(checkpoint / "text_encoder", **transformers_dtype_kwarg(dtype))
+                        if encoder else None)
     except (OSError, ValueError) as exc:
         raise WeightsNotFoundError(f"weights: could not load the T5 text encoder of {str(checkpoint)!r}: {exc}") from None
     return tokenizer, text_encoder

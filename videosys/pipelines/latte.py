@@ -13,11 +13,13 @@ from ..config import ModelConfig
 from ..errors import WeightsNotFoundError
 from ..models.latte import LatteTransformer3D
 from ..pab import PABScheduler
+from ..parallel import ParallelState
+from ..parallel.decode import decode_split
 from ..request import GenerationRequest
 from ..result import GenerationResult
 from ..schedulers import DiffusersSchedulerFactory
 from ..text import clean_caption
-from .base import Pipeline, StageTimer, initial_noise, to_uint8_frames, transformers_dtype_kwarg
+from .base import Pipeline, StageTimer, initial_noise, load_t5, to_uint8_frames
 
 logger = logging.getLogger(__name__)
 
@@ -29,35 +31,37 @@ class LattePipeline(Pipeline):
 
     def __init__(self, *, tokenizer, text_encoder, vae, transformer: LatteTransformer3D,
                  scheduler_factory: DiffusersSchedulerFactory, config: ModelConfig,
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype, parallel: ParallelState | None = None) -> None:
         self.tokenizer = tokenizer
-        self.text_encoder = text_encoder
+        self.text_encoder = text_encoder  # None on the ranks that never encode text
         self.vae = vae
         self.transformer = transformer
         self.scheduler_factory = scheduler_factory
         self.config = config
         self.device = device
         self.dtype = dtype
+        self.parallel = parallel or ParallelState.single()
 
     @classmethod
-    def load(cls, checkpoint: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype) -> "LattePipeline":
+    def load(cls, checkpoint: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype,
+             parallel: ParallelState | None = None) -> LattePipeline:
         from diffusers import AutoencoderKL
-        from transformers import AutoTokenizer, T5EncoderModel
 
         checkpoint = Path(checkpoint)
+        parallel = parallel or ParallelState.single()
         logger.info("loading Latte from %s on %s (%s)", checkpoint, device, dtype)
+        tokenizer, text_encoder = load_t5(checkpoint, dtype, encoder=parallel.is_driver)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(checkpoint / "tokenizer")
-            text_encoder = T5EncoderModel.from_pretrained(checkpoint / "text_encoder", **transformers_dtype_kwarg(dtype))
             vae = AutoencoderKL.from_pretrained(checkpoint / "vae", torch_dtype=dtype, low_cpu_mem_usage=False)
         except (OSError, ValueError) as exc:
-            raise WeightsNotFoundError(f"weights: could not load a component of {str(checkpoint)!r}: {exc}") from None
+            raise WeightsNotFoundError(f"weights: could not load the VAE of {str(checkpoint)!r}: {exc}") from None
         transformer = LatteTransformer3D.from_pretrained(checkpoint / "transformer", dtype=dtype, device=device)
         scheduler = DiffusersSchedulerFactory.from_folder(checkpoint / "scheduler", "DDIMScheduler")
         for module in (text_encoder, vae, transformer):  # already in dtype; only the device moves
-            module.to(device).eval().requires_grad_(False)
+            if module is not None:
+                module.to(device).eval().requires_grad_(False)
         return cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                   scheduler_factory=scheduler, config=config, device=device, dtype=dtype)
+                   scheduler_factory=scheduler, config=config, device=device, dtype=dtype, parallel=parallel)
 
     # -- stages -----------------------------------------------------------------------------------
     def prepare_prompt(self, text: str) -> str:
@@ -87,19 +91,20 @@ class LattePipeline(Pipeline):
         scheduler.set_timesteps(request.steps, device=self.device)
         timesteps = scheduler.timesteps
         cfg = uncond is not None
-        text = torch.cat([uncond, cond]) if cfg else cond
+        text = self.cfg_branch(torch.cat([uncond, cond])) if cfg else cond  # CFG order [neg, pos]
         transformer = self.transformer_for(request)
         latents = initial_noise(self.latent_shape(request), request.seed, self.device, self.dtype)
         latents = latents * scheduler.init_noise_sigma
         in_channels = latents.shape[1]
         step_kwargs = self.scheduler_factory.step_kwargs
+        both_branches = cfg and not self.parallel.cfg_enabled
         with PABScheduler(request.pab).new_run([float(t) for t in timesteps]) as run:
             for t in tqdm(timesteps, desc="denoise", disable=not progress, leave=False):
                 run.begin_call()
-                model_in = torch.cat([latents, latents]) if cfg else latents
+                model_in = torch.cat([latents, latents]) if both_branches else latents
                 model_in = scheduler.scale_model_input(model_in, t)
                 t_batch = t.reshape(1).expand(model_in.shape[0]).to(self.device)
-                noise = transformer(model_in, t_batch, text, pab=run)
+                noise = self.cfg_join(transformer(model_in, t_batch, text, pab=run, parallel=self.parallel))
                 if cfg:
                     noise_uncond, noise_cond = noise.chunk(2)
                     noise = noise_uncond + request.guidance * (noise_cond - noise_uncond)
@@ -117,22 +122,32 @@ class LattePipeline(Pipeline):
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         return (1, self.transformer.config.in_channels, request.frames, request.height // factor, request.width // factor)
 
-    def decode(self, latents: torch.Tensor, request: GenerationRequest) -> torch.Tensor:
-        """[1, C, F, h, w] latents -> [F, 3, H, W] in [-1, 1], decoded a chunk of frames at a time."""
+    def decode(self, latents: torch.Tensor, request: GenerationRequest) -> torch.Tensor | None:
+        """[1, C, F, h, w] latents -> [F, 3, H, W] in [-1, 1], decoded a chunk of frames at a time (the chunks
+        split over the ranks; the video on the driver, ``None`` elsewhere)."""
         z = latents[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor
-        chunks = [self.vae.decode(z[i:i + VAE_DECODE_CHUNK]).sample for i in range(0, z.shape[0], VAE_DECODE_CHUNK)]
-        return torch.cat(chunks)
+        starts = list(range(0, z.shape[0], VAE_DECODE_CHUNK))
+        chunks = decode_split(starts, lambda i: self.vae.decode(z[i:i + VAE_DECODE_CHUNK]).sample,
+                              self.parallel, self.device)
+        return None if chunks is None else torch.cat(chunks)
 
     # -- one request ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, request: GenerationRequest, progress: bool = True) -> GenerationResult:
+    def generate(self, request: GenerationRequest, progress: bool = True) -> GenerationResult | None:
+        self.parallel.stats.reset()
+        progress = progress and self.parallel.is_driver
         timer = StageTimer(self.device)
         with timer.stage("total"):
             with timer.stage("text_encoder"):
-                cond, uncond = self.encode_text(request.prompt, request.negative_prompt, request.guidance)
+                cond, uncond = self.shared(
+                    lambda: self.encode_text(request.prompt, request.negative_prompt, request.guidance))
             with timer.stage("denoise"):
                 latents, stats = self.denoise(request, cond, uncond, progress)
             with timer.stage("vae_decode"):
-                frames = to_uint8_frames(self.decode(latents, request))
+                video = self.decode(latents, request)
+                frames = None if video is None else to_uint8_frames(video)
+        comm_stats = self.comm_stats()
+        if frames is None:
+            return None
         return GenerationResult(frames=frames, fps=request.fps, request=request, timings=timer.seconds,
-                                pab_stats=stats, model=self.config.name)
+                                pab_stats=stats, model=self.config.name, comm_stats=comm_stats)

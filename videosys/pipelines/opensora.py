@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..config import ModelConfig
 from ..pab import PABScheduler
+from ..parallel import ParallelState
 from ..request import GenerationRequest
 from ..result import GenerationResult
 from ..schedulers.rflow import RFlowSchedule
@@ -38,30 +39,34 @@ class OpenSoraPipeline(Pipeline):
     components = ("transformer", "vae", "text_encoder")
 
     def __init__(self, *, tokenizer, text_encoder, vae, transformer, config: ModelConfig,
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype, parallel: ParallelState | None = None) -> None:
         self.tokenizer = tokenizer
-        self.text_encoder = text_encoder
+        self.text_encoder = text_encoder  # None on the ranks that never encode text
         self.vae = vae
         self.transformer = transformer
         self.config = config
         self.device = device
         self.dtype = dtype
         self.in_channels = transformer.config.in_channels
+        self.parallel = parallel or ParallelState.single()
 
     @classmethod
-    def load(cls, checkpoint: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype) -> "OpenSoraPipeline":
+    def load(cls, checkpoint: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype,
+             parallel: ParallelState | None = None) -> OpenSoraPipeline:
         from ..models.opensora.stdit3 import STDiT3
         from ..models.opensora.vae import OpenSoraVAE
 
         checkpoint = Path(checkpoint)
+        parallel = parallel or ParallelState.single()
         logger.info("loading Open-Sora from %s on %s (%s)", checkpoint, device, dtype)
-        tokenizer, text_encoder = load_t5(checkpoint, dtype)
+        tokenizer, text_encoder = load_t5(checkpoint, dtype, encoder=parallel.is_driver)
         vae = OpenSoraVAE.from_pretrained(checkpoint / "vae", dtype=dtype, device=device)
         transformer = STDiT3.from_pretrained(checkpoint / "transformer", dtype=dtype, device=device)
         for module in (text_encoder, vae, transformer):
-            module.to(device).eval().requires_grad_(False)
+            if module is not None:
+                module.to(device).eval().requires_grad_(False)
         return cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                   config=config, device=device, dtype=dtype)
+                   config=config, device=device, dtype=dtype, parallel=parallel)
 
     # -- stages -----------------------------------------------------------------------------------
     def prepare_prompt(self, prompt: str) -> str:
@@ -89,10 +94,11 @@ class OpenSoraPipeline(Pipeline):
         # the reference draws the noise in the model dtype, then keeps the latent in float32
         z = initial_noise(shape, request.seed, self.device, self.dtype).float()
         cfg = request.guidance > 1.0
-        if cfg:
+        if cfg:  # CFG batch [cond, null caption cut by the prompt's mask]
             null = self.transformer.null_caption.to(device=self.device, dtype=text.dtype)[None, : text.shape[1]]
-            text, mask = torch.cat([text, null]), torch.cat([mask, mask])
+            text, mask = self.cfg_branch(torch.cat([text, null])), self.cfg_branch(torch.cat([mask, mask]))
         batch = text.shape[0]
+        both_branches = cfg and not self.parallel.cfg_enabled
         # fps, height and width go in as model-dtype tensors, as in the reference: in bfloat16 854 becomes 856,
         # which sets the position-table scale the official weights were sampled with
         fps, height, width = (torch.full((batch,), float(v), device=self.device, dtype=self.dtype)
@@ -101,10 +107,11 @@ class OpenSoraPipeline(Pipeline):
             for i in tqdm(range(len(schedule)), desc="denoise", disable=not progress, leave=False):
                 run.begin_call()
                 z_in = z.to(self.dtype)
-                z_in = torch.cat([z_in, z_in]) if cfg else z_in
+                z_in = torch.cat([z_in, z_in]) if both_branches else z_in
                 t = torch.full((batch,), schedule.timesteps[i], device=self.device)
-                out = self.transformer(z_in, t, text, mask, fps=fps, height=height, width=width, pab=run)
-                v = out[:, : self.in_channels].float()  # learned sigma: the velocity is the first half
+                out = self.transformer(z_in, t, text, mask, fps=fps, height=height, width=width, pab=run,
+                                       parallel=self.parallel)
+                v = self.cfg_join(out[:, : self.in_channels].float())  # learned sigma: the velocity is the first half
                 if cfg:
                     v_cond, v_uncond = v.chunk(2)
                     v = v_uncond + request.guidance * (v_cond - v_uncond)
@@ -112,21 +119,28 @@ class OpenSoraPipeline(Pipeline):
             stats = run.stats.as_dict()
         return z, stats
 
-    def decode(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """[1, C, T', h, w] latents -> [num_frames, 3, H, W] in [-1, 1] (chunked inside the VAE)."""
-        video = self.vae.decode(z.to(self.dtype), num_frames=num_frames)
-        return video[0, :, :num_frames].permute(1, 0, 2, 3)
+    def decode(self, z: torch.Tensor, num_frames: int) -> torch.Tensor | None:
+        """[1, C, T', h, w] latents -> [num_frames, 3, H, W] in [-1, 1]; the VAE's temporal chunks are split
+        over the ranks (the video on the driver, ``None`` elsewhere)."""
+        video = self.vae.decode(z.to(self.dtype), num_frames=num_frames, parallel=self.parallel)
+        return None if video is None else video[0, :, :num_frames].permute(1, 0, 2, 3)
 
     # -- one request ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, request: GenerationRequest, progress: bool = True) -> GenerationResult:
+    def generate(self, request: GenerationRequest, progress: bool = True) -> GenerationResult | None:
+        self.parallel.stats.reset()
+        progress = progress and self.parallel.is_driver
         timer = StageTimer(self.device)
         with timer.stage("total"):
             with timer.stage("text_encoder"):
-                text, mask = self.encode_text(request.prompt)
+                text, mask = self.shared(lambda: self.encode_text(request.prompt))
             with timer.stage("denoise"):
                 z, stats = self.denoise(request, text, mask, progress)
             with timer.stage("vae_decode"):
-                frames = to_uint8_frames(self.decode(z, request.frames))
+                video = self.decode(z, request.frames)
+                frames = None if video is None else to_uint8_frames(video)
+        comm_stats = self.comm_stats()
+        if frames is None:
+            return None
         return GenerationResult(frames=frames, fps=request.fps, request=request, timings=timer.seconds,
-                                pab_stats=stats, model=self.config.name)
+                                pab_stats=stats, model=self.config.name, comm_stats=comm_stats)

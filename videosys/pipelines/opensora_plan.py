@@ -22,6 +22,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import WeightsNotFoundError
+from ..parallel import ParallelState
 from ..request import GenerationRequest
 from ..schedulers import DiffusersSchedulerFactory
 from .base import load_t5
@@ -57,8 +58,8 @@ class OpenSoraPlanPipeline(LattePipeline):
         self.loaded_variant = loaded
 
     @classmethod
-    def load(cls, checkpoint: Path, config: ModelConfig, device: torch.device,
-             dtype: torch.dtype) -> "OpenSoraPlanPipeline":
+    def load(cls, checkpoint: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype,
+             parallel: ParallelState | None = None) -> OpenSoraPlanPipeline:
         from ..models.opensora_plan import CausalVAE
 
         checkpoint = Path(checkpoint)
@@ -74,7 +75,8 @@ class OpenSoraPlanPipeline(LattePipeline):
         sampling = config.sampling
         wanted = (int(sampling.frames), sampling.height, sampling.width)
         first = wanted if wanted in variants else next(iter(variants))
-        tokenizer, text_encoder = load_t5(checkpoint, dtype)
+        parallel = parallel or ParallelState.single()
+        tokenizer, text_encoder = load_t5(checkpoint, dtype, encoder=parallel.is_driver)
         vae = CausalVAE.from_pretrained(checkpoint / "vae", dtype=dtype, device=device)
         transformer = cls._load_transformer(variants[first], dtype, device)
         if (checkpoint / "scheduler").is_dir():
@@ -82,9 +84,10 @@ class OpenSoraPlanPipeline(LattePipeline):
         else:
             scheduler = DiffusersSchedulerFactory.from_defaults(SCHEDULER)
         for module in (text_encoder, vae):
-            module.to(device).eval().requires_grad_(False)
+            if module is not None:
+                module.to(device).eval().requires_grad_(False)
         return cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                   scheduler_factory=scheduler, config=config, device=device, dtype=dtype,
+                   scheduler_factory=scheduler, config=config, device=device, dtype=dtype, parallel=parallel,
                    variants=variants, loaded=first)
 
     @staticmethod
@@ -96,6 +99,7 @@ class OpenSoraPlanPipeline(LattePipeline):
 
     def check(self, request: GenerationRequest) -> None:
         """The checkpoint must hold the transformer folder of the request's length and size."""
+        super().check(request)
         key = (request.frames, request.height, request.width)
         if key not in self.variants:
             have = ", ".join(p.name + "/" for p in self.variants.values())
@@ -126,7 +130,8 @@ class OpenSoraPlanPipeline(LattePipeline):
         return (1, self.vae.latent_channels, self.vae.latent_frames(request.frames),
                 request.height // f, request.width // f)
 
-    def decode(self, latents: torch.Tensor, request: GenerationRequest) -> torch.Tensor:
-        """[1, 4, t, h, w] latents -> [frames, 3, H, W] in [-1, 1] through the tiled CausalVAE."""
-        video = self.vae.decode(latents.to(self.dtype) / self.vae.scaling_factor)
-        return video[0, :, : request.frames].permute(1, 0, 2, 3)
+    def decode(self, latents: torch.Tensor, request: GenerationRequest) -> torch.Tensor | None:
+        """[1, 4, t, h, w] latents -> [frames, 3, H, W] in [-1, 1] through the tiled CausalVAE, its tiles split
+        over the ranks (the video on the driver, ``None`` elsewhere)."""
+        video = self.vae.decode(latents.to(self.dtype) / self.vae.scaling_factor, parallel=self.parallel)
+        return None if video is None else video[0, :, : request.frames].permute(1, 0, 2, 3)
