@@ -16,7 +16,8 @@ from .pab import PABConfig, PABConfigError, resolve_pab
 from .registry import ModelRegistry, default_registry
 from .request import GenerationRequest, build_request
 from .result import GenerationResult
-from .runtime import Executor, LocalExecutor, PipelineSpec
+from .parallel import ParallelConfig
+from .runtime import Executor, LocalExecutor, PipelineSpec, PoolLayout, RayExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,9 @@ _DTYPES = {
 }
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None, pool: bool = False, cluster: bool = False) -> torch.device:
+    """The device of a local run, or with ``pool`` the kind every rank of a worker pool takes one of ("cpu" or
+    "cuda"; on a ``cluster`` the GPUs are the workers', so this machine needs none)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -36,7 +39,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise RequestError("device", device, "cpu, cuda or cuda:N") from None
     if dev.type not in ("cpu", "cuda"):
         raise RequestError("device", device, "cpu, cuda or cuda:N")
-    if dev.type == "cuda":
+    if pool and dev.index is not None:
+        raise RequestError("device", device, "cpu or cuda for a worker pool (each rank gets its own GPU)")
+    if dev.type == "cuda" and not cluster:
         if not torch.cuda.is_available():
             raise RequestError("device", device, "cpu (no CUDA device is visible)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
@@ -62,6 +67,13 @@ class VideoSysEngine:
     bundled default. ``pab`` is the default PAB setting of requests: ``None``/``"none"`` off, a preset name
     (``"pab236"``), ``"default"``, a YAML path, a mapping or a :class:`~videosys.pab.PABConfig`.
     The pipeline is loaded on the first ``generate`` (or :meth:`load`), after the requests validate.
+
+    Several devices: ``world_size`` ranks in a Ray worker pool (one GPU each, or with ``device="cpu"`` one CPU
+    process each over gloo), ``sp`` of them sharing each request's sequence and, with ``cfg_parallel``, twice
+    as many splitting the guidance branches; the rest serve other requests at the same time (data parallel).
+    ``ray_address`` joins a Ray cluster (``"auto"`` or an address) instead of starting Ray here; ``placement``
+    "pack" (default) or "spread" places the ranks over its nodes; ``timeout_s`` bounds every wait of the pool.
+    Use the engine as a context manager, or call :meth:`shutdown`, to stop the pool.
     """
 
     def __init__(
@@ -74,7 +86,15 @@ class VideoSysEngine:
         *,
         registry: ModelRegistry | None = None,
         progress: bool = True,
+        world_size: int = 1,
+        sp: int = 1,
+        cfg_parallel: bool = False,
+        ray_address: str | None = None,
+        placement: str = "pack",
+        timeout_s: float = 1800.0,
     ) -> None:
+        layout = PoolLayout(world_size, ParallelConfig(sp=sp, cfg=cfg_parallel))  # bad layouts fail first
+        pool = world_size > 1 or ray_address is not None
         self.registry = registry or default_registry()
         self.spec = self.registry.get(model)
         base_config = self.spec.load_config()
@@ -87,7 +107,7 @@ class VideoSysEngine:
             what=self.spec.name,
         )
         self.config = base_config.with_checkpoint_overlay(self.checkpoint)
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, pool=pool, cluster=ray_address is not None)
         self.dtype = resolve_dtype(dtype, self.config.dtype_cuda if self.device.type == "cuda" else self.config.dtype_cpu)
         try:
             self.default_pab: PABConfig = resolve_pab(pab, self.config.pab)
@@ -95,9 +115,11 @@ class VideoSysEngine:
             raise RequestError("pab", pab, str(exc)) from None
         self.progress = progress
         spec = self.pipeline_spec()
-        self._executor: Executor = LocalExecutor(spec.build)
-        logger.info("engine: model %s, weights %s, %s %s, pab %s", self.spec.name, self.checkpoint, self.device,
-                    self.dtype, self.default_pab.name)
+        self.layout = layout
+        self._executor: Executor = (RayExecutor(spec, layout, address=ray_address, placement=placement,
+                                                timeout_s=timeout_s) if pool else LocalExecutor(spec.build))
+        logger.info("engine: model %s, weights %s, %s %s, pab %s, %s", self.spec.name, self.checkpoint, self.device,
+                    self.dtype, self.default_pab.name, layout.describe())
 
     def pipeline_spec(self) -> PipelineSpec:
         """What a rank needs to build this engine's pipeline (picklable; used by the parallel runners)."""
@@ -109,9 +131,11 @@ class VideoSysEngine:
         return self.spec.name
 
     def load(self) -> VideoSysEngine:
-        """Load the pipeline now instead of on the first request."""
+        """Load the pipeline now (start the worker pool) instead of on the first request."""
         if isinstance(self._executor, LocalExecutor):
             _ = self._executor.pipeline
+        elif isinstance(self._executor, RayExecutor):
+            self._executor.start()
         return self
 
     def make_request(self, prompt: str, **overrides: Any) -> GenerationRequest:
@@ -140,6 +164,17 @@ class VideoSysEngine:
                 raise RequestError(f"prompt[{i}].{exc.field}", exc.value, exc.allowed) from None
         results = self._executor.run(requests, progress=self.progress)
         return results[0] if single else results
+
+    @property
+    def concurrency(self) -> int:
+        """How many requests this engine serves at the same time (its data-parallel groups)."""
+        return self._executor.concurrency
+
+    def generate_requests(self, requests: Sequence[GenerationRequest],
+                          return_exceptions: bool = False) -> list[GenerationResult | Exception]:
+        """Run requests built by :meth:`make_request`, results in request order. With ``return_exceptions`` a
+        failed request's exception stands in its place and the others still run (what batch jobs use)."""
+        return self._executor.run(list(requests), progress=self.progress, return_exceptions=return_exceptions)
 
     def shutdown(self) -> None:
         self._executor.shutdown()

@@ -16,6 +16,9 @@ class RequestError(VideoSysError, ValueError):
         self.allowed = allowed
         super().__init__(f"{field}: {value!r} not allowed (allowed: {allowed})")
 
+    def __reduce__(self) -> tuple:  # crosses process boundaries (worker pool) intact
+        return type(self), (self.field, self.value, self.allowed)
+
 
 class ConfigError(VideoSysError, ValueError):
     """A model or batch config is malformed."""
@@ -27,3 +30,16 @@ class UnknownModelError(ConfigError):
 
 class WeightsNotFoundError(VideoSysError, FileNotFoundError):
     """A checkpoint folder or one of its files is missing; the message says how to provide it."""
+
+
+class WorkerError(VideoSysError, RuntimeError):
+    """A rank of the worker pool died, hung or failed outside the request's control. ``rank`` is the world
+    rank that failed (``None`` when the pool itself could not start); the pool is torn down and rebuilt on
+    the next request."""
+
+    def __init__(self, message: str, rank: int | None = None) -> None:
+        self.rank = rank
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self), self.rank)
