@@ -44,10 +44,11 @@ setup(
         "pillow>=9",
         "packaging",
         "pyyaml>=6",
+        "ray>=2.20",  # the multi-GPU worker pool (also the CPU/gloo pool the tests start)
+        "psutil>=5.9",
     ],
     extras_require={
         "flash": ["flash-attn>=2.5"],
-        "ray": ["ray>=2.20"],
         "test": ["pytest>=7", "pytest-timeout>=2"],
     },
     entry_points={"console_scripts": ["videosys=videosys.cli:main"]},

@@ -47,12 +47,21 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("models", help="list the registered models, their sizes and PAB presets")
 
 
+#: Subcommands that live in their own module under ``videosys.commands``: each module has
+#: ``add_parser(sub)``, which adds its parser and sets ``handler`` (``args -> exit code``) as its default.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     parser = argparse.ArgumentParser(prog="videosys", description="Text-to-video inference with Pyramid Attention Broadcast")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_models(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"videosys.commands.{name}").add_parser(sub)
     return parser
 
 
@@ -152,8 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         _quiet_libraries()
     commands = {"generate": _cmd_generate, "models": _cmd_models}
+    handler = getattr(args, "handler", None) or commands[args.command]
     try:
-        return commands[args.command](args)
+        return handler(args)
     except KeyboardInterrupt:
         print("videosys: interrupted", file=sys.stderr)
         return 130
