@@ -1,0 +1,134 @@
+"""The Ray worker pool on CPU (local Ray, gloo): the same video as in-process, data-parallel groups that keep
+request order, a killed rank that becomes a WorkerError naming it and a pool that is rebuilt, no processes
+left after shutdown, and bad pool requests refused before anything starts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from videosys import VideoSysEngine
+from videosys.errors import WorkerError
+from videosys.parallel import ParallelConfigError
+
+ray = pytest.importorskip("ray")
+
+pytestmark = pytest.mark.timeout(600)
+
+SMALL = {"steps": 3, "seed": 5}
+
+
+def _pool(weights, **kw) -> VideoSysEngine:
+    return VideoSysEngine("latte", weights=weights, device="cpu", progress=False, timeout_s=120, **kw)
+
+
+@pytest.fixture(scope="module")
+def in_process(tiny_latte_dir) -> VideoSysEngine:
+    return VideoSysEngine("latte", weights=tiny_latte_dir, device="cpu", progress=False)
+
+
+def _assert_same_video(got: np.ndarray, want: np.ndarray) -> None:
+    """fp32 over gloo sums in another order than one process: uint8 frames may differ by one level."""
+    assert got.shape == want.shape and got.dtype == np.uint8
+    assert int(np.abs(got.astype(int) - want.astype(int)).max()) <= 1
+
+
+def _descendants() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if p.is_running()
+            and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _wait_gone(pids: list[int], seconds: float = 30.0) -> list[int]:
+    deadline = time.monotonic() + seconds
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        time.sleep(0.2)
+    return alive
+
+
+def test_bad_pool_requests_fail_before_anything_starts(tiny_latte_dir) -> None:
+    with pytest.raises(ParallelConfigError, match=r"sp 3 = 3 ranks per request does not divide world_size 2"):
+        _pool(tiny_latte_dir, world_size=2, sp=3)
+    with pytest.raises(ParallelConfigError, match=r"CFG parallel.*does not divide world_size 3"):
+        _pool(tiny_latte_dir, world_size=3, cfg_parallel=True)
+    cpus = os.cpu_count() or 1
+    with pytest.raises(ParallelConfigError, match=rf"{cpus + 1} ranks need {cpus + 1} CPUs but this machine has {cpus}"):
+        _pool(tiny_latte_dir, world_size=cpus + 1)
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device is visible"):
+            VideoSysEngine("latte", weights=tiny_latte_dir, device="cuda", world_size=2)
+    with pytest.raises(ParallelConfigError, match="placement: 'diagonal' not allowed"):
+        _pool(tiny_latte_dir, world_size=2, placement="diagonal")
+    assert not ray.is_initialized(), "a refused pool must not start Ray"
+
+
+def test_pool_of_two_ranks_gives_the_in_process_video(tiny_latte_dir, in_process) -> None:
+    want = in_process.generate("a red panda eating bamboo", **SMALL)
+    with _pool(tiny_latte_dir, world_size=2, sp=2) as engine:
+        assert engine.concurrency == 1
+        got = engine.generate("a red panda eating bamboo", **SMALL)
+        pids = engine._executor.worker_pids()
+        assert len(set(pids)) == 2 and os.getpid() not in pids
+        # the sequence-parallel all-to-alls ran between the two ranks
+        assert got.comm_stats["all_to_all"]["calls"] > 0
+    _assert_same_video(got.frames, want.frames)
+    assert got.request == want.request
+    assert _wait_gone(pids) == []
+    assert not ray.is_initialized()
+
+
+def test_two_data_parallel_groups_serve_a_list_in_order(tiny_latte_dir, in_process) -> None:
+    prompts = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
+    seeds = [11, 12, 13, 14]
+    want = [in_process.generate(p, steps=2, seed=s) for p, s in zip(prompts, seeds)]
+    with _pool(tiny_latte_dir, world_size=2, sp=1) as engine:
+        assert engine.concurrency == 2
+        requests = [engine.make_request(p, steps=2, seed=s) for p, s in zip(prompts, seeds)]
+        got = engine.generate_requests(requests)
+    assert [r.request.prompt for r in got] == prompts
+    for g, w in zip(got, want):
+        _assert_same_video(g.frames, w.frames)
+
+
+def test_killed_rank_is_a_worker_error_and_the_next_request_succeeds(tiny_latte_dir) -> None:
+    with _pool(tiny_latte_dir, world_size=2, sp=2) as engine:
+        engine.load()
+        victim = engine._executor.worker_pids()[1]
+        timer = threading.Timer(3.0, os.kill, (victim, signal.SIGKILL))
+        start = time.monotonic()
+        timer.start()
+        try:
+            with pytest.raises(WorkerError) as info:
+                engine.generate("a slow request", steps=400, seed=1)
+        finally:
+            timer.cancel()
+        assert time.monotonic() - start < 120, "the failure must surface within the pool's timeout"
+        assert info.value.rank == 1
+        assert "rank 1" in str(info.value)
+        assert _wait_gone([victim], 5) == []
+        # the pool was torn down; the next request builds a fresh one and succeeds
+        result = engine.generate("a red panda eating bamboo", steps=2, seed=2)
+        assert result.frames.shape[0] == result.request.frames
+        assert victim not in engine._executor.worker_pids()
+
+
+def test_shutdown_leaves_no_processes(tiny_latte_dir) -> None:
+    before = {p.pid for p in _descendants()}
+    engine = _pool(tiny_latte_dir, world_size=2, sp=2).load()
+    pids = engine._executor.worker_pids()
+    assert all(psutil.pid_exists(p) for p in pids)
+    engine.shutdown()
+    engine.shutdown()  # twice is fine
+    assert _wait_gone(pids) == []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and {p.pid for p in _descendants()} - before:
+        time.sleep(0.5)
+    left = [(p.pid, p.name()) for p in _descendants() if p.pid not in before]
+    assert left == [], f"processes left after shutdown: {left}"
