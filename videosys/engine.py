@@ -12,6 +12,7 @@ import torch
 
 from .errors import RequestError, VideoSysError
 from .io.checkpoint import resolve_checkpoint
+from .io.random_checkpoint import RANDOM_WEIGHTS, random_checkpoint
 from .pab import PABConfig, PABConfigError, resolve_pab
 from .registry import ModelRegistry, default_registry
 from .request import GenerationRequest, build_request
@@ -64,7 +65,8 @@ class VideoSysEngine:
     """Generate videos with one registered model.
 
     ``weights`` is a local checkpoint folder or a hub id (hub only when online); ``None`` takes the model's
-    bundled default. ``pab`` is the default PAB setting of requests: ``None``/``"none"`` off, a preset name
+    bundled default; ``"random"`` builds the official architecture at full size with random weights drawn
+    on the device (benchmarks without a download; the videos are noise). ``pab`` is the default PAB setting of requests: ``None``/``"none"`` off, a preset name
     (``"pab236"``), ``"default"``, a YAML path, a mapping or a :class:`~videosys.pab.PABConfig`.
     The pipeline is loaded on the first ``generate`` (or :meth:`load`), after the requests validate.
 
@@ -99,7 +101,8 @@ class VideoSysEngine:
         self.spec = self.registry.get(model)
         base_config = self.spec.load_config()
         pipeline_cls = self.spec.pipeline_class()
-        self.checkpoint = resolve_checkpoint(
+        random_weights = isinstance(weights, str) and weights == RANDOM_WEIGHTS
+        self.checkpoint = random_checkpoint(self.spec.name) if random_weights else resolve_checkpoint(
             weights,
             default=base_config.weights_default,
             official=base_config.weights_official,
@@ -114,6 +117,7 @@ class VideoSysEngine:
         except PABConfigError as exc:
             raise RequestError("pab", pab, str(exc)) from None
         self.progress = progress
+        self.random_weights = random_weights
         spec = self.pipeline_spec()
         self.layout = layout
         self._executor: Executor = (RayExecutor(spec, layout, address=ray_address, placement=placement,
@@ -124,7 +128,8 @@ class VideoSysEngine:
     def pipeline_spec(self) -> PipelineSpec:
         """What a rank needs to build this engine's pipeline (picklable; used by the parallel runners)."""
         return PipelineSpec(pipeline=self.spec.pipeline, checkpoint=self.checkpoint, config=self.config,
-                            device=str(self.device), dtype=self.dtype)
+                            device=str(self.device), dtype=self.dtype,
+                            random_of=self.spec.name if self.random_weights else None)
 
     @property
     def model(self) -> str:

@@ -211,12 +211,16 @@ def load_pretrained(
     Returns:
         the model in eval mode.
     """
+    from .random_init import build_random, is_random_component
+
     config = read_config(folder)
-    weights = find_weights(folder, weights_name, variant)
     dtype = dtype if dtype is not None else torch.get_default_dtype()
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "meta":
         raise ValueError("load_pretrained needs a real device, not meta")
+    if is_random_component(folder):  # random full-size weights drawn on the device (benchmarks)
+        return build_random(lambda: build(config), folder, dtype, device)
+    weights = find_weights(folder, weights_name, variant)
 
     with torch.device("meta"):
         model = build(config)

@@ -116,7 +116,24 @@ def transformers_dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     return {key: dtype}
 
 
-def load_t5(checkpoint: Path, dtype: torch.dtype, encoder: bool = True) -> tuple[object, torch.nn.Module | None]:
+def load_hf_component(cls: type, folder: Path, dtype: torch.dtype, device: torch.device | None,
+                      load_kwargs: dict[str, object]) -> torch.nn.Module:
+    """A transformers / diffusers model folder: ``cls.from_pretrained(folder, **load_kwargs)``, or for a random
+    component (see :mod:`videosys.models.random_init`) the same architecture built from its config with
+    random weights drawn on ``device``."""
+    from ..models.random_init import build_random, is_random_component
+
+    if not is_random_component(folder):
+        return cls.from_pretrained(folder, **load_kwargs)
+    if hasattr(cls, "load_config"):  # diffusers
+        config = cls.load_config(folder)
+        return build_random(lambda: cls.from_config(config), folder, dtype, device)
+    config = cls.config_class.from_pretrained(folder)  # transformers
+    return build_random(lambda: cls(config), folder, dtype, device)
+
+
+def load_t5(checkpoint: Path, dtype: torch.dtype, encoder: bool = True,
+            device: torch.device | None = None) -> tuple[object, torch.nn.Module | None]:
     """The T5 tokenizer and encoder of a checkpoint folder: weights in ``text_encoder/``, tokenizer files in
     ``tokenizer/`` or, as in the DeepFloyd repository, next to the weights. ``encoder=False`` skips the
     weights (ranks that never encode text)."""
@@ -127,8 +144,8 @@ def load_t5(checkpoint: Path, dtype: torch.dtype, encoder: bool = True) -> tuple
     tokenizer_dir = checkpoint / "tokenizer" if (checkpoint / "tokenizer").is_dir() else checkpoint / "text_encoder"
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        text_encoder = (T5EncoderModel.from_pretrained(checkpoint / "text_encoder", **transformers_dtype_kwarg(dtype))
-                        if encoder else None)
+        text_encoder = (load_hf_component(T5EncoderModel, checkpoint / "text_encoder", dtype, device,
+                                          transformers_dtype_kwarg(dtype)) if encoder else None)
     except (OSError, ValueError) as exc:
         raise WeightsNotFoundError(f"weights: could not load the T5 text encoder of {str(checkpoint)!r}: {exc}") from None
     return tokenizer, text_encoder

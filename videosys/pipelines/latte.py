@@ -19,7 +19,7 @@ from ..request import GenerationRequest
 from ..result import GenerationResult
 from ..schedulers import DiffusersSchedulerFactory
 from ..text import clean_caption
-from .base import Pipeline, StageTimer, initial_noise, load_t5, to_uint8_frames
+from .base import Pipeline, StageTimer, initial_noise, load_hf_component, load_t5, to_uint8_frames
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +50,10 @@ class LattePipeline(Pipeline):
         checkpoint = Path(checkpoint)
         parallel = parallel or ParallelState.single()
         logger.info("loading Latte from %s on %s (%s)", checkpoint, device, dtype)
-        tokenizer, text_encoder = load_t5(checkpoint, dtype, encoder=parallel.is_driver)
+        tokenizer, text_encoder = load_t5(checkpoint, dtype, encoder=parallel.is_driver, device=device)
         try:
-            vae = AutoencoderKL.from_pretrained(checkpoint / "vae", torch_dtype=dtype, low_cpu_mem_usage=False)
+            vae = load_hf_component(AutoencoderKL, checkpoint / "vae", dtype, device,
+                                    {"torch_dtype": dtype, "low_cpu_mem_usage": False})
         except (OSError, ValueError) as exc:
             raise WeightsNotFoundError(f"weights: could not load the VAE of {str(checkpoint)!r}: {exc}") from None
         transformer = LatteTransformer3D.from_pretrained(checkpoint / "transformer", dtype=dtype, device=device)

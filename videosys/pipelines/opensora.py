@@ -59,7 +59,7 @@ class OpenSoraPipeline(Pipeline):
         checkpoint = Path(checkpoint)
         parallel = parallel or ParallelState.single()
         logger.info("loading Open-Sora from %s on %s (%s)", checkpoint, device, dtype)
-        tokenizer, text_encoder = load_t5(checkpoint, dtype, encoder=parallel.is_driver)
+        tokenizer, text_encoder = load_t5(checkpoint, dtype, encoder=parallel.is_driver, device=device)
         vae = OpenSoraVAE.from_pretrained(checkpoint / "vae", dtype=dtype, device=device)
         transformer = STDiT3.from_pretrained(checkpoint / "transformer", dtype=dtype, device=device)
         for module in (text_encoder, vae, transformer):

@@ -76,7 +76,7 @@ class OpenSoraPlanPipeline(LattePipeline):
         wanted = (int(sampling.frames), sampling.height, sampling.width)
         first = wanted if wanted in variants else next(iter(variants))
         parallel = parallel or ParallelState.single()
-        tokenizer, text_encoder = load_t5(checkpoint, dtype, encoder=parallel.is_driver)
+        tokenizer, text_encoder = load_t5(checkpoint, dtype, encoder=parallel.is_driver, device=device)
         vae = CausalVAE.from_pretrained(checkpoint / "vae", dtype=dtype, device=device)
         transformer = cls._load_transformer(variants[first], dtype, device)
         if (checkpoint / "scheduler").is_dir():

@@ -30,6 +30,7 @@ class PipelineSpec:
     config: ModelConfig
     device: str  # "cpu", "cuda" (rank r of a node takes its r-th visible GPU) or "cuda:N"
     dtype: torch.dtype
+    random_of: str | None = None  # random full-size weights of this model (rebuilt where the folder is missing)
 
     def device_for(self, local_rank: int = 0) -> torch.device:
         device = torch.device(self.device)
@@ -43,7 +44,12 @@ class PipelineSpec:
         device = self.device_for(local_rank)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        return cls.load(self.checkpoint, self.config, device, self.dtype, parallel=parallel)
+        checkpoint = self.checkpoint
+        if self.random_of is not None and not checkpoint.is_dir():  # another node of a cluster
+            from ..io.random_checkpoint import random_checkpoint
+
+            checkpoint = random_checkpoint(self.random_of)
+        return cls.load(checkpoint, self.config, device, self.dtype, parallel=parallel)
 
 
 def run_rank(rank: int, world_size: int, spec: PipelineSpec, parallel: ParallelConfig,
