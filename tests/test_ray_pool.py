@@ -132,3 +132,22 @@ def test_shutdown_leaves_no_processes(tiny_latte_dir) -> None:
         time.sleep(0.5)
     left = [(p.pid, p.name()) for p in _descendants() if p.pid not in before]
     assert left == [], f"processes left after shutdown: {left}"
+
+
+def test_cli_generate_on_a_pool_of_two_cpu_ranks(tiny_latte_dir, tmp_path, capsys) -> None:
+    import json
+
+    from videosys.cli import main
+
+    out = tmp_path / "pool.mp4"
+    code = main(["generate", "a red panda", "--weights", str(tiny_latte_dir), "--device", "cpu", "--gpus", "2",
+                 "--sp", "2", "--steps", "2", "--seed", "3", "--no-progress", "--json", "-o", str(out)])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert out.is_file() and summary["output"] == str(out)
+    assert summary["comm_stats"]["all_to_all"]["calls"] > 0
+    assert not ray.is_initialized(), "the CLI shuts its pool down"
+    code = main(["generate", "a red panda", "--weights", str(tiny_latte_dir), "--device", "cpu", "--gpus", "2",
+                 "--sp", "3", "-o", str(tmp_path / "bad.mp4")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "does not divide world_size 2" in err

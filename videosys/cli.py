@@ -12,6 +12,7 @@ from pathlib import Path
 
 logger = logging.getLogger("videosys.cli")
 
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
@@ -24,7 +25,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate one video from a prompt")
     p.add_argument("prompt", help="the text prompt")
     p.add_argument("--model", default="latte", help="registered model name (default: latte)")
-    p.add_argument("--weights", default=None, help="checkpoint folder or hub id (default: the model's bundled checkpoint)")
+    p.add_argument("--weights", default=None,
+                   help="checkpoint folder, hub id, or 'random' (official sizes, random weights: benchmarks) "
+                        "(default: the model's bundled checkpoint)")
     p.add_argument("--pab", default="none", help="PAB preset name, 'default', a YAML file, or 'none' (default: none)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (<= 1 disables CFG)")
@@ -39,8 +42,29 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: the model's for the device)")
     p.add_argument("-o", "--output", default=None, help="output .mp4, .gif, or a folder for PNG frames")
+    add_pool_arguments(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_pool_arguments(p: argparse.ArgumentParser) -> None:
+    """The worker-pool options of ``generate`` and ``launch``."""
+    g = p.add_argument_group("several devices (a Ray worker pool)")
+    g.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="ranks in the pool: N GPUs, or with --device cpu N CPU processes over gloo (default 1)")
+    g.add_argument("--sp", type=int, default=None, metavar="K", help="sequence-parallel degree of each request")
+    g.add_argument("--cfg-parallel", action="store_true", default=None,
+                   help="run the conditional and unconditional branches on two ranks")
+    g.add_argument("--address", default=None, help="join a Ray cluster ('auto' or HOST:PORT) instead of starting one")
+    g.add_argument("--placement", default=None, choices=("pack", "spread"), help="pack ranks on few nodes or spread them")
+    g.add_argument("--timeout", type=float, default=None, metavar="S", help="seconds any wait of the pool may take")
+
+
+def pool_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    """Engine keyword arguments of the pool options that were given."""
+    values = {"world_size": args.gpus, "sp": args.sp, "cfg_parallel": args.cfg_parallel, "ray_address": args.address,
+              "placement": args.placement, "timeout_s": args.timeout}
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
@@ -90,7 +114,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if out.suffix and out.suffix.lower() not in (".mp4", ".gif"):
         raise ValueError(f"output: suffix {out.suffix!r} not allowed (allowed: .mp4, .gif, or a folder for PNG frames)")
     engine = VideoSysEngine(model=args.model, weights=args.weights, device=args.device, dtype=args.dtype,
-                            pab=args.pab, progress=not args.no_progress)
+                            pab=args.pab, progress=not args.no_progress, **pool_kwargs(args))
+    with engine:
+        return _generate_with(engine, args, out)
+
+
+def _generate_with(engine, args: argparse.Namespace, out: Path) -> int:
     overrides = {
         "steps": args.steps, "guidance": args.guidance, "seed": args.seed, "frames": args.frames,
         "height": args.height, "width": args.width, "resolution": args.resolution, "aspect": args.aspect, "fps": args.fps, "negative_prompt": args.negative_prompt,
@@ -154,6 +183,8 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import WorkerError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -167,6 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("videosys: interrupted", file=sys.stderr)
         return 130
+    except WorkerError as exc:  # a rank died or hung: not the user's input, but still one clear line
+        print(f"videosys: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_FAILED
     except (ValueError, FileNotFoundError, OSError) as exc:
         # VideoSysError subclasses are ValueError / FileNotFoundError: one line, no traceback.
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
