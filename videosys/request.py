@@ -4,12 +4,12 @@ model or GPU work. Every rejection is a :class:`~videosys.errors.RequestError` n
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .config import ModelConfig
 from .errors import RequestError
-from .pab import PABConfig, PABConfigError, resolve_pab
+from .pab import PABConfig, PABConfigError, PABObserver, resolve_pab
 
 OVERRIDABLE = (
     "negative_prompt", "seed", "frames", "height", "width", "resolution", "aspect", "steps", "guidance", "fps", "pab",
@@ -31,6 +31,9 @@ class GenerationRequest:
     pab: PABConfig
     resolution: str | None = None  # the size-table names the size came from (Open-Sora), if any
     aspect: str | None = None
+    #: sees every computed PAB-routed module output of this request (``videosys.analysis``); not part of the
+    #: request's identity or its dict, and only meaningful in this process (a local engine, one rank)
+    pab_observer: PABObserver | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

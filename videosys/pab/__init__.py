@@ -10,7 +10,7 @@ from .config import (
     PABPresets,
     resolve_pab,
 )
-from .run import PABRun, PABStats, run_module
+from .run import PABObserver, PABRun, PABStats, run_module
 from .scheduler import PABPlan, PABScheduler
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "MLPBroadcast",
     "PABConfig",
     "PABConfigError",
+    "PABObserver",
     "PABPlan",
     "PABPresets",
     "PABRun",

@@ -8,12 +8,20 @@ attention, its sequence-parallel communication), so a broadcast skips all of it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
 from .config import ALL_KINDS, ATTENTION_KINDS
 from .scheduler import MLP_REUSE, MLP_STORE, PABPlan
 
 T = TypeVar("T")
+
+
+class PABObserver(Protocol):
+    """Called by :meth:`PABRun.compute_or_broadcast` for every module output that is *computed* (a broadcast
+    call reuses a kept output and is not reported). ``videosys.analysis`` uses it to measure how module
+    outputs change from one denoiser call to the next, through the same hook point PAB decides at."""
+
+    def __call__(self, call_index: int, timestep: float, kind: str, site: str, block: int, output: Any) -> None: ...
 
 
 @dataclass
@@ -37,9 +45,10 @@ class PABStats:
 class PABRun:
     """PAB state of one request. Use as a context manager; leaving it drops every kept tensor."""
 
-    def __init__(self, plan: PABPlan, config_name: str = "custom") -> None:
+    def __init__(self, plan: PABPlan, config_name: str = "custom", observer: PABObserver | None = None) -> None:
         self.plan = plan
         self.config_name = config_name
+        self.observer = observer
         self.stats = PABStats()
         self._call = -1
         self._cache: dict[tuple[str, str, int], object] = {}
@@ -89,6 +98,8 @@ class PABRun:
             return out  # type: ignore[return-value]
         out = fn()
         self.stats.computed[kind] += 1
+        if self.observer is not None:
+            self.observer(i, self.plan.timesteps[i], kind, site, block, out)
         if keep:
             self._cache[key] = out
         else:

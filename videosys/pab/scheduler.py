@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Sequence
 from .config import ATTENTION_KINDS, MLPBroadcast, PABConfig
 
 if TYPE_CHECKING:
-    from .run import PABRun
+    from .run import PABObserver, PABRun
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +76,11 @@ class PABScheduler:
         blocks = frozenset(mlp.blocks) if mlp is not None else frozenset()
         return PABPlan(timesteps=ts, broadcast=broadcast, keep=keep, mlp_actions=actions, mlp_blocks=blocks)
 
-    def new_run(self, call_timesteps: Sequence[float]) -> PABRun:
+    def new_run(self, call_timesteps: Sequence[float], observer: PABObserver | None = None) -> PABRun:
+        """The per-request run; ``observer`` (optional) sees every computed module output."""
         from .run import PABRun
 
-        return PABRun(self.plan(call_timesteps), config_name=self.config.name)
+        return PABRun(self.plan(call_timesteps), config_name=self.config.name, observer=observer)
 
 
 def _mlp_key_calls(mlp: MLPBroadcast, ts: tuple[float, ...]) -> set[int]:

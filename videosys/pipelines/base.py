@@ -13,6 +13,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import RequestError
+from ..pab import PABRun, PABScheduler
 from ..parallel import ParallelState, comm
 from ..request import GenerationRequest
 from ..result import GenerationResult
@@ -62,6 +63,10 @@ class Pipeline(ABC):
         if not self.parallel.cfg_enabled:
             return out
         return torch.cat(comm.cfg_all_gather(out, self.parallel))
+
+    def pab_run(self, request: GenerationRequest, call_timesteps: Sequence[float]) -> PABRun:
+        """The request's PAB run over its denoiser calls, with the request's observer (if any) attached."""
+        return PABScheduler(request.pab).new_run(call_timesteps, observer=request.pab_observer)
 
     def comm_stats(self) -> dict[str, dict[str, int]]:
         """Collectives of the current request summed over its ranks (empty on one rank)."""

@@ -12,7 +12,6 @@ from tqdm.auto import tqdm
 from ..config import ModelConfig
 from ..errors import WeightsNotFoundError
 from ..models.latte import LatteTransformer3D
-from ..pab import PABScheduler
 from ..parallel import ParallelState
 from ..parallel.decode import decode_split
 from ..request import GenerationRequest
@@ -99,7 +98,7 @@ class LattePipeline(Pipeline):
         in_channels = latents.shape[1]
         step_kwargs = self.scheduler_factory.step_kwargs
         both_branches = cfg and not self.parallel.cfg_enabled
-        with PABScheduler(request.pab).new_run([float(t) for t in timesteps]) as run:
+        with self.pab_run(request, [float(t) for t in timesteps]) as run:
             for t in tqdm(timesteps, desc="denoise", disable=not progress, leave=False):
                 run.begin_call()
                 model_in = torch.cat([latents, latents]) if both_branches else latents

@@ -24,7 +24,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import ModelConfig
-from ..pab import PABScheduler
 from ..parallel import ParallelState
 from ..request import GenerationRequest
 from ..result import GenerationResult
@@ -103,7 +102,7 @@ class OpenSoraPipeline(Pipeline):
         # which sets the position-table scale the official weights were sampled with
         fps, height, width = (torch.full((batch,), float(v), device=self.device, dtype=self.dtype)
                               for v in (request.fps, request.height, request.width))
-        with PABScheduler(request.pab).new_run(schedule.model_timesteps) as run:
+        with self.pab_run(request, schedule.model_timesteps) as run:
             for i in tqdm(range(len(schedule)), desc="denoise", disable=not progress, leave=False):
                 run.begin_call()
                 z_in = z.to(self.dtype)
