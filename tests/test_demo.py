@@ -1,0 +1,143 @@
+"""The demo model's groundwork: synthetic clips, the held-out split, the adherence scorer, the training
+script (a CPU smoke run writing a loadable checkpoint) and the ``eval`` entry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from videosys.demo import clips
+from videosys.demo.scorer import detect, score
+
+
+def test_clips_are_deterministic() -> None:
+    a = clips.make_clip(np.random.default_rng([3, 7]))
+    b = clips.make_clip(np.random.default_rng([3, 7]))
+    c = clips.make_clip(np.random.default_rng([3, 8]))
+    assert np.array_equal(a.frames, b.frames) and a.caption == b.caption and a.attributes == b.attributes
+    assert not np.array_equal(a.frames, c.frames)
+    assert a.frames.shape == (16, 64, 64, 3) and a.frames.dtype == np.uint8
+
+
+def test_clips_cover_every_attribute() -> None:
+    rng = np.random.default_rng(0)
+    seen: dict[str, set[str]] = {"colour": set(), "shape": set(), "motion": set(), "background": set()}
+    for _ in range(400):
+        clip = clips.make_clip(rng, split="all")
+        a = clip.attributes
+        for key, values in seen.items():
+            values.add(getattr(a, key))
+        assert a.colour in clip.caption and a.shape in clip.caption
+    assert seen == {"colour": set(clips.COLOURS), "shape": set(clips.SHAPES), "motion": set(clips.MOTIONS),
+                    "background": set(clips.BACKGROUNDS)}
+    assert len(clips.COLOURS) >= 5 and {"circle", "square", "triangle"} <= set(clips.SHAPES)
+    assert {"left", "right", "up", "down"} < set(clips.MOTIONS)
+    assert clips.canonical_caption("red", "circle", "left") == "a red circle moving left"
+
+
+def test_held_out_split_is_disjoint_and_compositional() -> None:
+    train, held = set(clips.train_combinations()), set(clips.held_out_combinations())
+    assert held and not train & held and train | held == set(clips.all_combinations())
+    assert ("red", "circle", "left") in train  # the README's example is a training combination
+    # every pair of attributes of a held-out combination is seen in training
+    for c, s, m in held:
+        assert any(t[:2] == (c, s) for t in train)
+        assert any((t[0], t[2]) == (c, m) for t in train)
+        assert any(t[1:] == (s, m) for t in train)
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        assert clips.sample_attributes(rng, "train").combination in train
+        assert clips.sample_attributes(rng, "held_out").combination in held
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_scorer_is_exact_on_clean_clips(size: int) -> None:
+    rng = np.random.default_rng(size)
+    for _ in range(60):
+        clip = clips.make_clip(rng, split="all", size=size)
+        assert score(detect(clip.frames), clip.attributes)["all"], clip.attributes
+
+
+def test_scorer_gets_each_attribute_value() -> None:
+    rng = np.random.default_rng(5)
+    cases = ([clips.ClipAttributes(c, "circle", "right", "gray") for c in clips.COLOURS]
+             + [clips.ClipAttributes("blue", s, "still", "white") for s in clips.SHAPES]
+             + [clips.ClipAttributes("red", "square", m, bg) for m in clips.MOTIONS for bg in clips.BACKGROUNDS])
+    for attrs in cases:
+        found = detect(clips.make_clip(rng, attributes=attrs).frames)
+        assert (found.colour, found.shape, found.motion) == attrs.combination
+
+
+def test_scorer_degrades_gracefully_on_noise() -> None:
+    rng = np.random.default_rng(9)
+    right = 0
+    for _ in range(40):
+        clip = clips.make_clip(rng, split="all")
+        noisy = np.clip(clip.frames + rng.normal(0, 15, clip.frames.shape), 0, 255).astype(np.uint8)
+        right += score(detect(noisy), clip.attributes)["all"]
+    assert right >= 38
+    found = detect(rng.integers(0, 256, (16, 64, 64, 3), dtype=np.uint8))  # no object at all: no error
+    assert not score(found, ("red", "circle", "left"))["all"]
+    empty = detect(np.zeros((16, 64, 64, 3), np.uint8))
+    assert not empty.found and empty.colour is None
+
+
+def test_held_out_prompts_and_psnr() -> None:
+    from videosys.demo.eval import held_out_prompts, psnr
+
+    prompts = held_out_prompts(20, seed=4)
+    assert len(prompts) == 20 and [p.seed for p in prompts] == list(range(4, 24))
+    assert all(clips.is_held_out(*p.expected) for p in prompts)
+    assert prompts[0].prompt == clips.canonical_caption(*prompts[0].expected)
+    video = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    assert psnr(video, video) == float("inf") and 0 < psnr(video, 255 - video) < 10
+
+
+@pytest.fixture(scope="module")
+def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CPU smoke run of scripts/train_demo.py (tiny preset)."""
+    from videosys.demo.train import main
+
+    out = tmp_path_factory.mktemp("demo") / "latte-demo"
+    assert main(["--out", str(out), "--minutes", "0.25", "--device", "cpu", "--clips", "16", "-q"]) == 0
+    return out
+
+
+def test_train_demo_writes_a_loadable_checkpoint(demo_checkpoint: Path) -> None:
+    from videosys import VideoSysEngine
+    from videosys.demo.tokenizer import split_words
+
+    for part in ("model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
+                 "tokenizer/spiece.model", "transformer/config.json", "vae/config.json", "videosys.yaml",
+                 "train_demo.json"):
+        assert (demo_checkpoint / part).is_file(), part
+    record = json.loads((demo_checkpoint / "train_demo.json").read_text())
+    assert record["transformer"]["steps"] >= 2 and record["vae"]["steps"] >= 2
+    assert record["checkpoint_bytes"] < 30 * 2**20
+    from transformers import AutoTokenizer
+
+    assert split_words(AutoTokenizer.from_pretrained(demo_checkpoint / "tokenizer")) == {}  # one token per word
+    engine = VideoSysEngine(model="latte", weights=demo_checkpoint, device="cpu", progress=False)
+    result = engine.generate("a red circle moving left", steps=2)
+    assert result.frames.shape == (16, 64, 64, 3)
+
+
+def test_eval_entry_scores_held_out_prompts(demo_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from videosys.cli import COMMAND_MODULES
+    from videosys.commands import demo_eval
+
+    assert "demo_eval" in COMMAND_MODULES
+    parser = argparse.ArgumentParser()
+    demo_eval.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval", "--weights", str(demo_checkpoint), "--n", "2", "--device", "cpu",
+                              "--pab", "pab236", "--json"])
+    assert args.handler(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    for branch in ("off", "pab"):
+        assert report[branch]["count"] == 2
+        assert all(0.0 <= v <= 1.0 for v in report[branch]["accuracy"].values())
+    assert "mean" in report["psnr"]
