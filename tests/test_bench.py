@@ -1,0 +1,37 @@
+"""The benchmark harness on CPU (the GPU numbers are in docs/benchmarks.md): it runs every setting, counts
+the denoiser calls and the FLOPs of one call, and reports per-stage medians."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from videosys.bench.harness import _FirstCallFlops, run_bench
+
+
+def test_first_call_flops_counts_one_forward_only() -> None:
+    layer = torch.nn.Linear(16, 32, bias=False)
+    counter = _FirstCallFlops(layer)
+    x = torch.randn(4, 16)
+    layer(x)
+    layer(x)
+    assert counter.flops == 2 * 4 * 16 * 32
+
+
+def test_run_bench_on_cpu_reports_every_setting(tiny_latte_dir) -> None:
+    report = run_bench("latte", weights=str(tiny_latte_dir), device="cpu", pab=["pab236"], repeats=2, warmup=0,
+                       overrides={"steps": 4})
+    assert [s.pab for s in report.settings] == ["none", "pab236"]
+    assert report.denoiser_calls == 4
+    assert report.call_tflop > 0
+    for s in report.settings:
+        assert s.runs == 2 and set(s.stages_s) >= {"text_encoder", "denoise", "vae_decode", "total"}
+        assert s.per_call_ms == pytest.approx(s.stages_s["denoise"] / 4 * 1e3)
+    assert "| pab236 |" in report.markdown()
+
+
+def test_bench_refuses_cuda_without_a_gpu(tiny_latte_dir) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="'cuda' not available"):
+        run_bench("latte", weights=str(tiny_latte_dir))

@@ -1,0 +1,183 @@
+"""The end-to-end benchmark behind ``videosys bench``: a model at its paper settings (the model YAML's sampling
+defaults) with random full-size weights, PAB off and each preset; per stage the median of repeated requests
+after warm-up, the per-step time, the peak GPU memory, the FLOPs of one denoiser call and their ratio to the
+bf16/fp16 GEMM rate measured in the same run (the floor).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("text_encoder", "denoise", "vae_decode", "total")
+
+
+@dataclass
+class SettingResult:
+    """The medians of one PAB setting."""
+
+    pab: str
+    runs: int
+    stages_s: dict[str, float]
+    per_call_ms: float
+    peak_gib: float
+    pab_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass
+class BenchReport:
+    model: str
+    device: str
+    versions: dict[str, str]
+    request: dict[str, Any]
+    denoiser_calls: int
+    gemm_tflops: float
+    call_tflop: float
+    floor_call_ms: float
+    settings: list[SettingResult]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def markdown(self) -> str:
+        r = self.request
+        lines = [f"{self.model}: {r['frames']} x {r['height']} x {r['width']}, {r['steps']} steps "
+                 f"({self.denoiser_calls} denoiser calls), guidance {r['guidance']}, {r['dtype']}; {self.device}",
+                 f"GEMM {self.gemm_tflops:.0f} TFLOP/s; one denoiser call {self.call_tflop:.2f} TFLOP -> floor "
+                 f"{self.floor_call_ms:.1f} ms/call",
+                 "", "| PAB | text encoder (s) | denoise (s) | VAE decode (s) | total (s) | ms/call | x floor "
+                 "| denoise speedup | peak GiB |", "|---|---|---|---|---|---|---|---|---|"]
+        base = self.settings[0].stages_s["denoise"] if self.settings else float("nan")
+        for s in self.settings:
+            st = s.stages_s
+            lines.append(f"| {s.pab} | {st.get('text_encoder', 0):.2f} | {st['denoise']:.2f} | "
+                         f"{st.get('vae_decode', 0):.2f} | {st['total']:.2f} | {s.per_call_ms:.1f} | "
+                         f"{s.per_call_ms / self.floor_call_ms:.2f} | {base / st['denoise']:.2f}x | {s.peak_gib:.1f} |")
+        return "\n".join(lines)
+
+
+def measure_gemm_tflops(dtype: torch.dtype, device: torch.device, n: int = 8192, repeats: int = 20) -> float:
+    """Dense ``n x n x n`` matmul rate in TFLOP/s (median), the floor's denominator."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e12
+
+
+class _FirstCallFlops:
+    """Counts the FLOPs of the first forward of a module (one denoiser call) with torch's FlopCounterMode."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        self.flops = 0
+        self._mode = FlopCounterMode(display=False)
+        self._handles = [module.register_forward_pre_hook(self._enter), module.register_forward_hook(self._exit)]
+        self._active = False
+
+    def _enter(self, *_: Any) -> None:
+        if not self._handles:
+            return
+        self._active = True
+        self._mode.__enter__()
+
+    def _exit(self, *_: Any) -> None:
+        if self._active:
+            self._mode.__exit__(None, None, None)
+            self.flops = self._mode.get_total_flops()
+            self._active = False
+            self.remove()
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def _denoiser(engine: Any) -> torch.nn.Module:
+    pipeline = engine.load()._executor.pipeline
+    return pipeline.transformer
+
+
+def run_bench(model: str, *, pab: Sequence[str] | None = None, repeats: int = 3, warmup: int = 1,
+              overrides: dict[str, Any] | None = None, device: str = "cuda", dtype: str | None = None,
+              weights: str = "random", prompt: str = "a red panda eating bamboo in a misty forest") -> BenchReport:
+    """Benchmark ``model`` with PAB off and each of ``pab`` (default: every preset of the model)."""
+    from ..engine import VideoSysEngine
+
+    if not torch.cuda.is_available() and device.startswith("cuda"):
+        raise ValueError("device: 'cuda' not available (videosys bench measures a GPU; pass --device cpu for a dry run)")
+    engine = VideoSysEngine(model, weights=weights, device=device, dtype=dtype, progress=False)
+    settings = ["none", *(pab if pab is not None else sorted(engine.config.pab.presets))]
+    overrides = dict(overrides or {})
+    requests = {name: engine.make_request(prompt, pab=name, **overrides) for name in settings}
+    dev = engine.device
+    cuda = dev.type == "cuda"
+    gemm = measure_gemm_tflops(engine.dtype, dev) if cuda else float("nan")
+    denoiser = _denoiser(engine)
+    counter = _FirstCallFlops(denoiser)
+    calls = 0
+
+    def count_call(*_: Any) -> None:
+        nonlocal calls
+        calls += 1
+
+    handle = denoiser.register_forward_pre_hook(count_call)
+    try:
+        engine.generate_requests([requests["none"]])  # warm-up, FLOPs of one call, calls per request
+    finally:
+        counter.remove()
+        handle.remove()
+    call_flops = counter.flops
+    results = []
+    for name in settings:
+        timings: dict[str, list[float]] = {k: [] for k in STAGES}
+        peak = 0.0
+        last = None
+        for i in range(warmup + repeats):
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(dev)
+            last = engine.generate_requests([requests[name]])[0]
+            if i >= warmup:
+                for k in STAGES:
+                    if k in last.timings:
+                        timings[k].append(last.timings[k])
+                if cuda:
+                    peak = max(peak, torch.cuda.max_memory_allocated(dev) / 2**30)
+        stages = {k: statistics.median(v) for k, v in timings.items() if v}
+        results.append(SettingResult(pab=name, runs=repeats, stages_s=stages,
+                                     per_call_ms=stages["denoise"] / max(calls, 1) * 1e3, peak_gib=peak,
+                                     pab_stats=last.pab_stats if last else {}))
+        logger.info("%s PAB %s: %s", model, name, stages)
+    req = requests["none"]
+    floor_ms = call_flops / (gemm * 1e12) * 1e3 if cuda else float("nan")
+    versions = {"torch": torch.__version__, "cuda": str(torch.version.cuda)}
+    try:
+        import transformers
+
+        versions["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover - a dependency
+        pass
+    engine.shutdown()
+    return BenchReport(model=engine.model, device=torch.cuda.get_device_name(dev) if cuda else "cpu",
+                       versions=versions,
+                       request={"frames": req.frames, "height": req.height, "width": req.width, "steps": req.steps,
+                                "guidance": req.guidance, "dtype": str(engine.dtype).removeprefix("torch.")},
+                       denoiser_calls=calls, gemm_tflops=gemm, call_tflop=call_flops / 1e12,
+                       floor_call_ms=floor_ms, settings=results)

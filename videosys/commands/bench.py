@@ -1,0 +1,57 @@
+"""``videosys bench``: end-to-end GPU benchmark of a model at its paper settings with random full-size weights
+(PAB off and each preset), optionally our Latte against diffusers'. JSON and a markdown table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark a model on the GPU (random full-size weights, no download)")
+    p.add_argument("--model", default="opensora", help="comma-separated model names (default: opensora)")
+    p.add_argument("--pab", default=None, help="comma-separated PAB presets besides 'none' (default: every preset)")
+    p.add_argument("--repeats", type=int, default=3, help="timed requests per setting (median)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed requests per setting first")
+    p.add_argument("--steps", type=int, default=None, help="override the paper's step count (shorter runs)")
+    p.add_argument("--weights", default="random", help="'random' (default) or a checkpoint folder")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--compare-diffusers", action="store_true",
+                   help="also time our Latte transformer against diffusers' on the same weights")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.set_defaults(handler=run_bench_command)
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    from ..bench.harness import run_bench
+
+    if args.repeats < 1 or args.warmup < 0:
+        raise ValueError(f"repeats: {args.repeats} / warmup: {args.warmup} not allowed (allowed: repeats >= 1, warmup >= 0)")
+    presets = [p for p in args.pab.split(",") if p and p != "none"] if args.pab is not None else None
+    overrides = {"steps": args.steps} if args.steps else {}
+    out: dict[str, object] = {}
+    for model in [m for m in args.model.split(",") if m]:
+        report = run_bench(model, pab=presets, repeats=args.repeats, warmup=args.warmup, overrides=overrides,
+                           device=args.device, weights=args.weights)
+        print(report.markdown() + "\n")
+        out[model] = report.as_dict()
+    if args.compare_diffusers:
+        from ..bench.latte_vs_diffusers import compare_latte
+
+        cmp = compare_latte()
+        print("| Latte-1 transformer (fp16) | ours | diffusers | ours speedup |\n|---|---|---|---|")
+        print(f"| one step (ms) | {cmp['ours_step_ms']:.1f} | {cmp['diffusers_step_ms']:.1f} | {cmp['step_speedup']:.2f}x |")
+        print(f"| 50 calls, no PAB (s) | {cmp['ours_nopab_loop_s']:.2f} | {cmp['diffusers_nopab_loop_s']:.2f} | "
+              f"{cmp['loop_speedup_nopab']:.2f}x |")
+        print(f"| 50 calls, PAB236 (s) | {cmp['ours_pab236_loop_s']:.2f} | {cmp['diffusers_pab_loop_s']:.2f} | "
+              f"{cmp['loop_speedup_pab']:.2f}x |")
+        print(f"| peak GiB no PAB / PAB | {cmp['ours_nopab_peak_gib']:.2f} / {cmp['ours_pab236_peak_gib']:.2f} | "
+              f"{cmp['diffusers_nopab_peak_gib']:.2f} / {cmp['diffusers_pab_peak_gib']:.2f} | |")
+        out["latte_vs_diffusers"] = cmp
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    return 0
