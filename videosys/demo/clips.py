@@ -80,7 +80,7 @@ FRAME_SIZE = 64
 # Geometry, as fractions of the frame size.
 _RADIUS = (0.11, 0.15)  # half-extent of a moving / still shape
 _GROW_RADIUS = ((0.06, 0.08), (0.19, 0.22))  # start and end half-extent of a growing shape
-_TRAVEL = (0.38, 0.50)  # distance covered by a moving shape
+_TRAVEL_OF_SPAN = (0.8, 1.0)  # distance a moving shape covers, as a share of the free span it can cross
 _MARGIN = 0.04  # kept free between the shape and the frame border (the scorer reads the border)
 _SQUARE_SCALE = 0.9  # a square's half side relative to the radius (close to a circle's visual size)
 
@@ -199,9 +199,13 @@ def sample_layout(rng: np.random.Generator, motion: str) -> ClipLayout:
     if motion == "still":
         centre = (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)))
         return ClipLayout(start=centre, end=centre, radius=(r, r))
-    travel = float(rng.uniform(*_TRAVEL))
+    # The shape crosses most of the frame, entering on the side opposite its direction: where it is in each
+    # frame follows from the caption (as colour does), not from the noise the sampler starts from.
+    span = hi - lo
+    travel = span * float(rng.uniform(*_TRAVEL_OF_SPAN))
     across = float(rng.uniform(lo, hi))  # the coordinate that does not change
-    a0 = float(rng.uniform(lo + travel, hi)) if motion in ("left", "up") else float(rng.uniform(lo, hi - travel))
+    slack = float(rng.uniform(0.0, span - travel))
+    a0 = hi - slack if motion in ("left", "up") else lo + slack
     a1 = a0 - travel if motion in ("left", "up") else a0 + travel
     if motion in ("left", "right"):
         return ClipLayout(start=(a0, across), end=(a1, across), radius=(r, r))

@@ -9,7 +9,7 @@ time budget:
    1 / std of the latents;
 3. encode every clip to latents ``[4, 16, 8, 8]`` (posterior mean x scaling factor);
 4. train a small :class:`~videosys.models.latte.LatteTransformer3D` (Latte-1's architecture, fewer and
-   narrower blocks) with the DDPM epsilon objective on the linear beta schedule of the saved
+   narrower blocks) with the v-prediction objective on the linear beta schedule of the saved
    ``scheduler/`` config, conditioned on a frozen, randomly initialised small ``T5EncoderModel`` whose
    embeddings are exactly what :class:`videosys.pipelines.latte.LattePipeline` feeds at inference: the
    prompt's valid tokens only, and for the unconditional branch (``p_uncond`` of the samples) the
@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 NUM_TRAIN_TIMESTEPS = 1000
 BETA_START, BETA_END = 0.0001, 0.02  # the linear schedule of scheduler/scheduler_config.json
+PREDICTION_TYPE = "v_prediction"  # written to scheduler/scheduler_config.json; the DDIM sampler reads it
 MAX_CHECKPOINT_BYTES = 30 * 2**20
 
 
@@ -108,7 +109,7 @@ class TrainOptions:
     ema_decay: float = 0.999
     warmup: int = 300
     sample_steps: int = 20
-    guidance: float = 4.0
+    guidance: float = 7.0
     compile: bool = False
     eval_prompts: int = 0
     overwrite: bool = False
@@ -371,7 +372,7 @@ class CaptionBank:
 
 def train_transformer(model: torch.nn.Module, latents: torch.Tensor, key_index: torch.Tensor, bank: CaptionBank,
                       options: TrainOptions, device: torch.device, deadline: float) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Phase 2: DDPM epsilon training; returns the EMA state dict and a log record."""
+    """Phase 2: v-prediction training; returns the EMA state dict and a log record."""
     sizes = options.sizes
     model.to(device).train()
     ema = _EMA(model, options.ema_decay)
@@ -397,7 +398,11 @@ def train_transformer(model: torch.nn.Module, latents: torch.Tensor, key_index: 
             group["lr"] = sizes.lr * _lr_factor(budget.progress(step), step, options.warmup)
         with _autocast(device):
             out = forward(xt, t, text, mask)
-        loss = F.mse_loss(out[:, :c].float(), noise)
+        # v-prediction: at high noise the target is mostly -x0, so where the layout is decided (and only the
+        # caption says where the shape goes) errors cost as much as at low noise; an epsilon target there is
+        # almost the input itself, and a model trained on it learns to ignore the caption.
+        target = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+        loss = F.mse_loss(out[:, :c].float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -471,7 +476,9 @@ def save_checkpoint(out: Path, *, vae: Any, text_encoder: Any, tokenizer_dir: Pa
     for module in modules:
         torch.nn.Module.to(module, torch.float16)
     pipeline = LattePipeline(tokenizer=AutoTokenizer.from_pretrained(str(tokenizer_dir)), text_encoder=text_encoder,
-                             vae=vae, transformer=transformer, scheduler=make_scheduler())
+                             vae=vae, transformer=transformer,
+                             scheduler=make_scheduler().__class__.from_config(make_scheduler().config,
+                                                                               prediction_type=PREDICTION_TYPE))
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -587,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="fixed transformer steps instead of the time budget")
     p.add_argument("--vae-fraction", type=float, default=0.2, help="share of the budget for the VAE (default 0.2)")
     p.add_argument("--sample-steps", type=int, default=20, help="default sampling steps written to videosys.yaml")
-    p.add_argument("--guidance", type=float, default=4.0, help="default guidance written to videosys.yaml")
+    p.add_argument("--guidance", type=float, default=7.0, help="default guidance written to videosys.yaml")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer")
     p.add_argument("--eval", dest="eval_prompts", type=int, default=0,
                    help="after saving, score this many held-out prompts (default 0: skip)")
