@@ -151,3 +151,28 @@ def test_cli_generate_on_a_pool_of_two_cpu_ranks(tiny_latte_dir, tmp_path, capsy
                  "--sp", "3", "-o", str(tmp_path / "bad.mp4")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "does not divide world_size 2" in err
+
+
+def test_launch_runs_a_batch_config_on_the_pool_and_resumes(tiny_latte_dir, tmp_path, capsys) -> None:
+    import json
+
+    from videosys.cli import main
+
+    config = tmp_path / "batch.yaml"
+    config.write_text(
+        f"model: {{name: latte, weights: {tiny_latte_dir}, device: cpu}}\n"
+        "sampling: {steps: 2, seed: 10}\n"
+        "prompts: [a red circle, a blue square, a green triangle]\n"
+        f"output: {{dir: {tmp_path / 'out'}, format: gif}}\n")
+    code = main(["launch", "--gpus", "2", str(config), "--no-progress", "--json"])
+    assert code == 0, capsys.readouterr().err
+    manifest = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    done = [r for r in manifest if r.get("status") == "done"]
+    assert sorted(r["prompt"] for r in done) == ["a blue square", "a green triangle", "a red circle"]
+    assert not ray.is_initialized()
+    capsys.readouterr()
+    assert main(["launch", "--gpus", "2", str(config), "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["skipped"] == 3 and summary["done"] == 0
+    code = main(["launch", "--gpus", "2", "--sp", "3", str(config)])
+    assert code == 2 and "does not divide world_size 2" in capsys.readouterr().err

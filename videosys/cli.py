@@ -73,7 +73,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 #: Subcommands that live in their own module under ``videosys.commands``: each module has
 #: ``add_parser(sub)``, which adds its parser and sets ``handler`` (``args -> exit code``) as its default.
-COMMAND_MODULES: tuple[str, ...] = ("analyze", "batch", "bench", "calibrate", "compare", "demo_eval")
+COMMAND_MODULES: tuple[str, ...] = ("analyze", "batch", "bench", "calibrate", "compare", "demo_eval", "launch")
 
 
 def build_parser() -> argparse.ArgumentParser:
