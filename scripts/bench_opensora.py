@@ -16,26 +16,12 @@ import torch
 
 from videosys.bench import cuda_timed
 from videosys.models.opensora import OpenSoraVAE, STDiT3, STDiT3Config
+from videosys.models.random_init import fill_random_
 from videosys.pab import PABConfig, PABScheduler
 from videosys.registry import default_registry
 from videosys.request import build_request
 from videosys.schedulers.rflow import RFlowSchedule, latent_frames
 from videosys.testing.tiny_opensora_vae import OFFICIAL_CONFIG
-
-
-def random_init_(module: torch.nn.Module, seed: int) -> None:
-    """N(0, 0.02) for every matrix, 1 for norm scales, 0 for biases: a stand-in for trained weights."""
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith("rope.freqs"):
-                continue
-            if p.ndim >= 2:
-                p.normal_(0.0, 0.02, generator=gen)
-            elif name.endswith("weight"):
-                p.fill_(1.0)
-            else:
-                p.zero_()
 
 
 def main() -> None:
@@ -57,7 +43,7 @@ def main() -> None:
     schedule = RFlowSchedule.create(request.steps, request.height, request.width, request.frames)
     with torch.device("cuda"):
         model = STDiT3(STDiT3Config())
-    random_init_(model, seed=0)
+    fill_random_(model, seed=0)
     model = model.to(dtype).eval().requires_grad_(False)
 
     t_lat, h_lat, w_lat = latent_frames(request.frames), request.height // 8, request.width // 8
@@ -65,7 +51,7 @@ def main() -> None:
     if not args.no_vae:
         with torch.device("cuda"):
             vae = OpenSoraVAE.from_config(OFFICIAL_CONFIG)
-        random_init_(vae, seed=1)
+        fill_random_(vae, seed=1)
         vae = vae.to(dtype).eval().requires_grad_(False)
         assert vae.latent_size(request.frames, request.height, request.width) == (t_lat, h_lat, w_lat)
     gen = torch.Generator(device="cuda").manual_seed(1)

@@ -26,6 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from videosys.models.random_init import fill_random_  # noqa: E402
 from videosys.parallel import ParallelConfig, ParallelState  # noqa: E402
 from videosys.parallel.launch import run_local  # noqa: E402
 
@@ -61,20 +62,6 @@ def check_smoke(gpus: int) -> list[dict[str, Any]]:
 
 
 # -- timing of the full-size transformers -------------------------------------------------------------------
-def _random_(module: torch.nn.Module, seed: int) -> None:
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith("rope.freqs"):
-                continue
-            if p.ndim >= 2:
-                p.normal_(0.0, 0.02, generator=gen)
-            elif name.endswith("weight"):
-                p.fill_(1.0)
-            else:
-                p.zero_()
-
-
 def _build(model: str, layout: ParallelConfig) -> tuple[Any, dict[str, Any], list[float], str]:
     """The transformer, the per-call inputs for this rank's CFG branch, the call timesteps, its PAB preset."""
     from videosys.registry import default_registry
@@ -115,7 +102,7 @@ def _build(model: str, layout: ParallelConfig) -> tuple[Any, dict[str, Any], lis
 
         def call(t: float, pab: Any, parallel: Any) -> Any:
             return net(x, torch.full((batch,), t, device="cuda"), text, pab=pab, parallel=parallel)
-    _random_(net, seed=0)
+    fill_random_(net, seed=0)
     net = net.to(dtype).eval().requires_grad_(False)
     config = default_registry().get(model).load_config().pab.get(preset)
     return call, {"dtype": str(dtype)}, ts, config

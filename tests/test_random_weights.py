@@ -13,7 +13,12 @@ import torch
 from videosys import VideoSysEngine
 from videosys.io.checkpoint import check_layout
 from videosys.io.random_checkpoint import random_checkpoint, write_random_checkpoint
-from videosys.models.random_init import RANDOM_MARKER, build_random, fill_random_, is_random_component
+from videosys.models.random_init import (
+    RANDOM_MARKER,
+    build_random,
+    fill_random_,
+    is_random_component,
+)
 from videosys.registry import default_registry
 
 

@@ -539,7 +539,8 @@ def test_null_caption_is_the_unconditional_branch(model: STDiT3) -> None:
     with torch.no_grad():
         both = model(xb["x"].repeat(2, 1, 1, 1, 1), xb["timestep"].repeat(2), y2, xb["mask"].repeat(2, 1))
         uncond = model(xb["x"], xb["timestep"], null[None, :6], xb["mask"])
-    torch.testing.assert_close(both[1:], uncond, atol=1e-6, rtol=1e-6)
+    # a batch of 2 takes other GEMM kernels than a batch of 1: fp32 rounding differs by ~1e-6 of the scale
+    torch.testing.assert_close(both[1:], uncond, atol=1e-5, rtol=1e-5)
 
 
 def test_learned_sigma_channels() -> None:

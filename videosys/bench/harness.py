@@ -49,12 +49,13 @@ class BenchReport:
 
     def markdown(self) -> str:
         r = self.request
-        lines = [f"{self.model}: {r['frames']} x {r['height']} x {r['width']}, {r['steps']} steps "
-                 f"({self.denoiser_calls} denoiser calls), guidance {r['guidance']}, {r['dtype']}; {self.device}",
-                 f"GEMM {self.gemm_tflops:.0f} TFLOP/s; one denoiser call {self.call_tflop:.2f} TFLOP -> floor "
-                 f"{self.floor_call_ms:.1f} ms/call",
-                 "", "| PAB | text encoder (s) | denoise (s) | VAE decode (s) | total (s) | ms/call | x floor "
-                 "| denoise speedup | peak GiB |", "|---|---|---|---|---|---|---|---|---|"]
+        title = (f"{self.model}: {r['frames']} x {r['height']} x {r['width']}, {r['steps']} steps "
+                 f"({self.denoiser_calls} denoiser calls), guidance {r['guidance']}, {r['dtype']}; {self.device}")
+        floor = (f"GEMM {self.gemm_tflops:.0f} TFLOP/s; one denoiser call {self.call_tflop:.2f} TFLOP -> floor "
+                 f"{self.floor_call_ms:.1f} ms/call")
+        header = ("| PAB | text encoder (s) | denoise (s) | VAE decode (s) | total (s) | ms/call | x floor "
+                  "| denoise speedup | peak GiB |")
+        lines = [title, floor, "", header, "|---|---|---|---|---|---|---|---|---|"]
         base = self.settings[0].stages_s["denoise"] if self.settings else float("nan")
         for s in self.settings:
             st = s.stages_s

@@ -18,7 +18,11 @@ DDIM50 = [980 - 20 * i for i in range(50)]
 def compare_latte(dtype: torch.dtype = torch.float16, frames: int = 16, size: int = 512, text_tokens: int = 20,
                   repeats: int = 10, loop_repeats: int = 2) -> dict[str, Any]:
     """Times and accuracy, as a flat dict (``*_ms`` / ``*_s`` / ``*_gib`` keys)."""
-    from diffusers import LatteTransformer3DModel, PyramidAttentionBroadcastConfig, apply_pyramid_attention_broadcast
+    from diffusers import (
+        LatteTransformer3DModel,
+        PyramidAttentionBroadcastConfig,
+        apply_pyramid_attention_broadcast,
+    )
 
     from ..models.latte import LatteConfig, LatteTransformer3D
     from ..models.random_init import fill_random_

@@ -18,6 +18,9 @@ import numpy as np
 
 from videosys.demo.clips import canonical_caption, held_out_combinations
 from videosys.demo.scorer import detect, score
+from videosys.quality.metrics import (
+    psnr,  # re-exported: the eval reports PSNR against PAB off
+)
 
 __all__ = ["EvalPrompt", "EvalReport", "compare_pab", "evaluate", "held_out_prompts", "psnr"]
 
@@ -60,12 +63,6 @@ def held_out_prompts(n: int | None = None, seed: int = 0) -> list[EvalPrompt]:
         raise ValueError(f"n: {n!r} not allowed (allowed: a positive integer)")
     return [EvalPrompt(canonical_caption(*combos[i % len(combos)]), combos[i % len(combos)], seed + i)
             for i in range(count)]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB of two uint8 videos (``inf`` when identical)."""
-    mse = float(np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 def _generate(engine: Any, prompts: Sequence[EvalPrompt], pab: Any) -> tuple[list[np.ndarray], float]:
