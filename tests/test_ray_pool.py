@@ -176,3 +176,42 @@ def test_launch_runs_a_batch_config_on_the_pool_and_resumes(tiny_latte_dir, tmp_
     assert summary["skipped"] == 3 and summary["done"] == 0
     code = main(["launch", "--gpus", "2", "--sp", "3", str(config)])
     assert code == 2 and "does not divide world_size 2" in capsys.readouterr().err
+
+
+_INTERRUPTED_DRIVER = """
+import sys
+from videosys import VideoSysEngine
+with VideoSysEngine("latte", weights=sys.argv[1], device="cpu", progress=False, world_size=2, sp=2,
+                    timeout_s=120) as engine:
+    engine.load()
+    print("pids", *engine._executor.worker_pids(), flush=True)
+    try:
+        engine.generate("a long request", steps=400, seed=1)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        raise
+"""
+
+
+def test_ctrl_c_mid_request_leaves_no_processes(tiny_latte_dir, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "driver.py"
+    script.write_text(_INTERRUPTED_DRIVER)
+    proc = subprocess.Popen([sys.executable, str(script), str(tiny_latte_dir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("pids"), line
+        workers = [int(p) for p in line.split()[1:]]
+        time.sleep(3)  # the request is running on both ranks
+        family = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        assert set(workers) <= set(family)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=90)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "interrupted" in rest and proc.returncode != 0
+    assert _wait_gone(family, 30) == [], "Ray or worker processes outlived the interrupted driver"
