@@ -370,6 +370,26 @@ class CaptionBank:
         return hidden, mask
 
 
+@torch.no_grad()
+def vae_round_trip_adherence(vae: Any, seed: int, size: int, device: torch.device, n: int = 48) -> dict[str, float]:
+    """Scorer accuracy on held-out clips after encoding and decoding them: no generated video can score
+    better than the VAE lets it, so a low value here means train the VAE longer, not the transformer."""
+    from .scorer import detect, score
+
+    rng = np.random.default_rng(seed * 1_000_003 + 99)
+    hits = {"colour": 0, "shape": 0, "motion": 0, "all": 0}
+    vae_dtype = next(vae.parameters()).dtype
+    for _ in range(n):
+        attributes = demo_clips.sample_attributes(rng, "held_out")
+        frames = demo_clips.render_clip(attributes, demo_clips.sample_layout(rng, attributes.motion), size=size)
+        x = torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).to(vae_dtype) / 127.5 - 1
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample.float().clamp(-1, 1)
+        video = ((rec + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        for key, ok in score(detect(video), (attributes.colour, attributes.shape, attributes.motion)).items():
+            hits[key] += int(ok)
+    return {k: v / n for k, v in hits.items()}
+
+
 def train_transformer(model: torch.nn.Module, latents: torch.Tensor, key_index: torch.Tensor, bank: CaptionBank,
                       options: TrainOptions, device: torch.device, deadline: float) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Phase 2: v-prediction training; returns the EMA state dict and a log record."""
@@ -546,6 +566,8 @@ def train(options: TrainOptions) -> Path:
         record["vae"]["scaling_factor"] = scale
         del frames_gpu
         logger.info("vae: %d steps, scaling factor %.4f", record["vae"]["steps"], scale)
+        record["vae"]["round_trip_adherence"] = vae_round_trip_adherence(vae, options.seed, sizes.frame_size, device)
+        logger.info("vae round trip (the transformer's ceiling): %s", record["vae"]["round_trip_adherence"])
 
         bank = CaptionBank(clip_set.keys, tokenizer, text_encoder, device)
         model = LatteTransformer3D(LatteConfig.from_json_dict(transformer_config(sizes)))
