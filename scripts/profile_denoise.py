@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from videosys import VideoSysEngine
@@ -27,11 +26,8 @@ def main() -> None:
     engine = VideoSysEngine(args.model, weights="random", device="cuda", progress=False)
     request = engine.make_request("a red panda eating bamboo", steps=args.steps, pab=args.pab)
     engine.generate_requests([request])  # warm-up
-    denoiser = engine._executor.pipeline.transformer
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        pre = denoiser.register_forward_pre_hook(lambda *a: torch.cuda.nvtx.range_push("call"))
         engine.generate_requests([request])
-        pre.remove()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.top, max_name_column_width=70)
     logging.getLogger("profile").warning("\n%s", table)
     if args.trace:
