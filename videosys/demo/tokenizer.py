@@ -8,7 +8,6 @@ own instead of a few sub-word fragments shared with other words.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from videosys.testing.tokenizer import (
     EOS_TOKEN,
     PAD_TOKEN,
     UNK_TOKEN,
-    _precompiled_charsmap,
     build_corpus,
+    save_t5_tokenizer,
 )
 
 __all__ = ["build_demo_tokenizer", "split_words"]
@@ -33,28 +32,15 @@ def build_demo_tokenizer(out_dir: str | Path, *, seed: int = 0, vocab_size: int 
     The same ``seed`` gives byte-identical files.  Raises ``RuntimeError`` if a caption word does not
     come out as a single piece.
     """
-    import sentencepiece as spm
-    from transformers import T5Tokenizer
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     corpus = build_corpus(3000, seed) + caption_corpus(3000, seed)
     proto = _train(corpus, vocab_size, seed)
-    processor = spm.SentencePieceProcessor(model_proto=proto)
-    if (processor.pad_id(), processor.eos_id(), processor.unk_id(), processor.bos_id()) != (0, 1, 2, -1):
-        raise RuntimeError("SentencePiece special ids do not follow the T5 convention")
-    vocab = [(processor.id_to_piece(i), float(processor.get_score(i))) for i in range(processor.get_piece_size())]
-    tokenizer = T5Tokenizer(vocab=vocab, eos_token=EOS_TOKEN, unk_token=UNK_TOKEN, pad_token=PAD_TOKEN, extra_ids=0,
-                            _spm_precompiled_charsmap=_precompiled_charsmap(proto), model_max_length=model_max_length)
-    split = split_words(tokenizer)
-    if split:
-        raise RuntimeError(f"caption words not encoded as single pieces: {split}")
-    tokenizer.save_pretrained(str(out))
-    (out / "spiece.model").write_bytes(proto)
-    special = {"eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN, "unk_token": UNK_TOKEN}
-    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
-    logger.info("wrote demo tokenizer with %d pieces to %s", len(vocab), out)
-    return out
+
+    def one_piece_per_word(tokenizer: object) -> None:
+        split = split_words(tokenizer)
+        if split:
+            raise RuntimeError(f"caption words not encoded as single pieces: {split}")
+
+    return save_t5_tokenizer(proto, out_dir, model_max_length=model_max_length, check=one_piece_per_word)
 
 
 def _train(sentences: list[str], vocab_size: int, seed: int) -> bytes:

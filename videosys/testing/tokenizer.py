@@ -20,8 +20,9 @@ import io
 import json
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "DEFAULT_VOCAB_SIZE",
@@ -31,6 +32,7 @@ __all__ = [
     "build_corpus",
     "train_sentencepiece_model",
     "build_t5_tokenizer",
+    "save_t5_tokenizer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -329,27 +331,28 @@ def build_t5_tokenizer(
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
     """
+    model_proto = train_sentencepiece_model(build_corpus(num_sentences, seed), vocab_size, seed)
+    return save_t5_tokenizer(model_proto, out_dir, model_max_length=model_max_length)
+
+
+def save_t5_tokenizer(model_proto: bytes, out_dir: str | Path, *, model_max_length: int,
+                      check: Callable[[Any], None] | None = None) -> Path:
+    """Save a SentencePiece model with T5's special ids as a transformers tokenizer folder (``spiece.model``,
+    ``tokenizer.json``, configs, ``special_tokens_map.json``); ``check(tokenizer)`` may veto it first."""
     import sentencepiece as spm
     from transformers import T5Tokenizer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    model_proto = train_sentencepiece_model(build_corpus(num_sentences, seed), vocab_size, seed)
     processor = spm.SentencePieceProcessor(model_proto=model_proto)
     if (processor.pad_id(), processor.eos_id(), processor.unk_id(), processor.bos_id()) != (0, 1, 2, -1):
         raise RuntimeError("SentencePiece special ids do not follow the T5 convention")
     vocab = [(processor.id_to_piece(i), float(processor.get_score(i))) for i in range(processor.get_piece_size())]
-
-    tokenizer = T5Tokenizer(
-        vocab=vocab,
-        eos_token=EOS_TOKEN,
-        unk_token=UNK_TOKEN,
-        pad_token=PAD_TOKEN,
-        extra_ids=0,
-        _spm_precompiled_charsmap=_precompiled_charsmap(model_proto),
-        model_max_length=model_max_length,
-    )
+    tokenizer = T5Tokenizer(vocab=vocab, eos_token=EOS_TOKEN, unk_token=UNK_TOKEN, pad_token=PAD_TOKEN, extra_ids=0,
+                            _spm_precompiled_charsmap=_precompiled_charsmap(model_proto),
+                            model_max_length=model_max_length)
+    if check is not None:
+        check(tokenizer)
     tokenizer.save_pretrained(str(out_dir))
     (out_dir / "spiece.model").write_bytes(model_proto)
     special_tokens = {"eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN, "unk_token": UNK_TOKEN}
