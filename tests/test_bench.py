@@ -35,3 +35,16 @@ def test_bench_refuses_cuda_without_a_gpu(tiny_latte_dir) -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="'cuda' not available"):
         run_bench("latte", weights=str(tiny_latte_dir))
+
+
+def test_run_bench_through_a_pool_reports_comm_per_setting(tiny_latte_dir) -> None:
+    """The same harness through the Ray pool (2 CPU ranks, SP 2): stage medians and the communication of each
+    setting; broadcast steps skip all-to-alls, so PAB moves fewer bytes."""
+    report = run_bench("latte", weights=str(tiny_latte_dir), device="cpu", pab=["pab236"], repeats=1, warmup=0,
+                       overrides={"steps": 20}, engine_kwargs={"world_size": 2, "sp": 2})
+    off, on = report.settings
+    assert "2 ranks" in report.layout
+    assert off.comm_stats["all_to_all"]["calls"] > on.comm_stats["all_to_all"]["calls"] > 0
+    assert on.pab_stats["temporal"]["broadcast"] > 0
+    assert set(off.stages_s) >= {"denoise", "total"}
+    assert "| pab236 |" in report.markdown()

@@ -2,6 +2,10 @@
 defaults) with random full-size weights, PAB off and each preset; per stage the median of repeated requests
 after warm-up, the per-step time, the peak GPU memory, the FLOPs of one denoiser call and their ratio to the
 bf16/fp16 GEMM rate measured in the same run (the floor).
+
+With pool options (``world_size``, ``sp``, ``cfg_parallel``...) the requests run on the engine's Ray worker
+pool: the stage medians and the communication per request are measured there; the per-call FLOPs, the GEMM
+rate and the peak memory belong to the ranks' processes and are left out (NaN).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class SettingResult:
     per_call_ms: float
     peak_gib: float
     pab_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    comm_stats: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -43,6 +48,7 @@ class BenchReport:
     call_tflop: float
     floor_call_ms: float
     settings: list[SettingResult]
+    layout: str = "1 rank"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,19 +56,29 @@ class BenchReport:
     def markdown(self) -> str:
         r = self.request
         title = (f"{self.model}: {r['frames']} x {r['height']} x {r['width']}, {r['steps']} steps "
-                 f"({self.denoiser_calls} denoiser calls), guidance {r['guidance']}, {r['dtype']}; {self.device}")
+                 f"({self.denoiser_calls} denoiser calls), guidance {r['guidance']}, {r['dtype']}; {self.device}; "
+                 f"{self.layout}")
         floor = (f"GEMM {self.gemm_tflops:.0f} TFLOP/s; one denoiser call {self.call_tflop:.2f} TFLOP -> floor "
                  f"{self.floor_call_ms:.1f} ms/call")
         header = ("| PAB | text encoder (s) | denoise (s) | VAE decode (s) | total (s) | ms/call | x floor "
-                  "| denoise speedup | peak GiB |")
-        lines = [title, floor, "", header, "|---|---|---|---|---|---|---|---|---|"]
+                  "| denoise speedup | peak GiB | comm MiB (all-to-all) |")
+        lines = [title, floor, "", header, "|---|---|---|---|---|---|---|---|---|---|"]
         base = self.settings[0].stages_s["denoise"] if self.settings else float("nan")
         for s in self.settings:
             st = s.stages_s
             lines.append(f"| {s.pab} | {st.get('text_encoder', 0):.2f} | {st['denoise']:.2f} | "
                          f"{st.get('vae_decode', 0):.2f} | {st['total']:.2f} | {s.per_call_ms:.1f} | "
-                         f"{s.per_call_ms / self.floor_call_ms:.2f} | {base / st['denoise']:.2f}x | {s.peak_gib:.1f} |")
+                         f"{s.per_call_ms / self.floor_call_ms:.2f} | {base / st['denoise']:.2f}x | {s.peak_gib:.1f} | "
+                         f"{_comm_mib(s.comm_stats)} |")
         return "\n".join(lines)
+
+
+def _comm_mib(stats: dict[str, dict[str, int]]) -> str:
+    if not stats:
+        return "-"
+    total = stats.get("total", {}).get("bytes", 0) / 2**20
+    a2a = stats.get("all_to_all", {}).get("bytes", 0) / 2**20
+    return f"{total:.1f} ({a2a:.1f})"
 
 
 def measure_gemm_tflops(dtype: torch.dtype, device: torch.device, n: int = 8192, repeats: int = 20) -> float:
@@ -118,38 +134,53 @@ def _denoiser(engine: Any) -> torch.nn.Module:
 
 def run_bench(model: str, *, pab: Sequence[str] | None = None, repeats: int = 3, warmup: int = 1,
               overrides: dict[str, Any] | None = None, device: str = "cuda", dtype: str | None = None,
-              weights: str = "random", prompt: str = "a red panda eating bamboo in a misty forest") -> BenchReport:
-    """Benchmark ``model`` with PAB off and each of ``pab`` (default: every preset of the model)."""
+              weights: str = "random", prompt: str = "a red panda eating bamboo in a misty forest",
+              engine_kwargs: dict[str, Any] | None = None) -> BenchReport:
+    """Benchmark ``model`` with PAB off and each of ``pab`` (default: every preset of the model);
+    ``engine_kwargs`` are the engine's pool options (``world_size``, ``sp``, ``cfg_parallel``, ...)."""
     from ..engine import VideoSysEngine
 
-    if not torch.cuda.is_available() and device.startswith("cuda"):
+    if not torch.cuda.is_available() and device.startswith("cuda") and not (engine_kwargs or {}).get("ray_address"):
         raise ValueError("device: 'cuda' not available (videosys bench measures a GPU; pass --device cpu for a dry run)")
-    engine = VideoSysEngine(model, weights=weights, device=device, dtype=dtype, progress=False)
+    engine = VideoSysEngine(model, weights=weights, device=device, dtype=dtype, progress=False,
+                            **(engine_kwargs or {}))
+    try:
+        return _bench(engine, pab, repeats, warmup, dict(overrides or {}), prompt)
+    finally:
+        engine.shutdown()
+
+
+def _bench(engine: Any, pab: Sequence[str] | None, repeats: int, warmup: int, overrides: dict[str, Any],
+           prompt: str) -> BenchReport:
     settings = ["none", *(pab if pab is not None else sorted(engine.config.pab.presets))]
-    overrides = dict(overrides or {})
     requests = {name: engine.make_request(prompt, pab=name, **overrides) for name in settings}
     dev = engine.device
-    cuda = dev.type == "cuda"
+    local = engine.layout.world_size == 1
+    cuda = dev.type == "cuda" and local
     gemm = measure_gemm_tflops(engine.dtype, dev) if cuda else float("nan")
-    denoiser = _denoiser(engine)
-    counter = _FirstCallFlops(denoiser)
     calls = 0
+    call_flops = 0
+    if local:
+        denoiser = _denoiser(engine)
+        counter = _FirstCallFlops(denoiser)
 
-    def count_call(*_: Any) -> None:
-        nonlocal calls
-        calls += 1
+        def count_call(*_: Any) -> None:
+            nonlocal calls
+            calls += 1
 
-    handle = denoiser.register_forward_pre_hook(count_call)
-    try:
-        engine.generate_requests([requests["none"]])  # warm-up, FLOPs of one call, calls per request
-    finally:
-        counter.remove()
-        handle.remove()
-    call_flops = counter.flops
+        handle = denoiser.register_forward_pre_hook(count_call)
+        try:
+            engine.generate_requests([requests["none"]])  # warm-up, FLOPs of one call, calls per request
+        finally:
+            counter.remove()
+            handle.remove()
+        call_flops = counter.flops
+    else:
+        engine.load()  # start the pool outside the timings
     results = []
     for name in settings:
         timings: dict[str, list[float]] = {k: [] for k in STAGES}
-        peak = 0.0
+        peak = float("nan") if not cuda else 0.0
         last = None
         for i in range(warmup + repeats):
             if cuda:
@@ -162,10 +193,11 @@ def run_bench(model: str, *, pab: Sequence[str] | None = None, repeats: int = 3,
                 if cuda:
                     peak = max(peak, torch.cuda.max_memory_allocated(dev) / 2**30)
         stages = {k: statistics.median(v) for k, v in timings.items() if v}
-        results.append(SettingResult(pab=name, runs=repeats, stages_s=stages,
-                                     per_call_ms=stages["denoise"] / max(calls, 1) * 1e3, peak_gib=peak,
-                                     pab_stats=last.pab_stats if last else {}))
-        logger.info("%s PAB %s: %s", model, name, stages)
+        per_call = stages["denoise"] / calls * 1e3 if calls else float("nan")
+        results.append(SettingResult(pab=name, runs=repeats, stages_s=stages, per_call_ms=per_call, peak_gib=peak,
+                                     pab_stats=last.pab_stats if last else {},
+                                     comm_stats=last.comm_stats if last else {}))
+        logger.info("%s PAB %s: %s", engine.model, name, stages)
     req = requests["none"]
     floor_ms = call_flops / (gemm * 1e12) * 1e3 if cuda else float("nan")
     versions = {"torch": torch.__version__, "cuda": str(torch.version.cuda)}
@@ -175,10 +207,9 @@ def run_bench(model: str, *, pab: Sequence[str] | None = None, repeats: int = 3,
         versions["transformers"] = transformers.__version__
     except ImportError:  # pragma: no cover - a dependency
         pass
-    engine.shutdown()
-    return BenchReport(model=engine.model, device=torch.cuda.get_device_name(dev) if cuda else "cpu",
-                       versions=versions,
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" and torch.cuda.is_available() else dev.type
+    return BenchReport(model=engine.model, device=name, versions=versions,
                        request={"frames": req.frames, "height": req.height, "width": req.width, "steps": req.steps,
                                 "guidance": req.guidance, "dtype": str(engine.dtype).removeprefix("torch.")},
                        denoiser_calls=calls, gemm_tflops=gemm, call_tflop=call_flops / 1e12,
-                       floor_call_ms=floor_ms, settings=results)
+                       floor_call_ms=floor_ms, settings=results, layout=engine.layout.describe())

@@ -1,5 +1,6 @@
 """``videosys bench``: end-to-end GPU benchmark of a model at its paper settings with random full-size weights
-(PAB off and each preset), optionally our Latte against diffusers'. JSON and a markdown table."""
+(PAB off and each preset), on one device or through the Ray worker pool (``--gpus N --sp K``), optionally
+our Latte against diffusers'. JSON and a markdown table."""
 
 from __future__ import annotations
 
@@ -23,11 +24,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare-diffusers", action="store_true",
                    help="also time our Latte transformer against diffusers' on the same weights")
     p.add_argument("--json", default=None, help="write the results here")
+    from ..cli import add_pool_arguments
+
+    add_pool_arguments(p)  # --gpus N --sp K ...: the same requests through the Ray worker pool
     p.set_defaults(handler=run_bench_command)
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
     from ..bench.harness import run_bench
+    from ..cli import pool_kwargs
 
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError(f"repeats: {args.repeats} / warmup: {args.warmup} not allowed (allowed: repeats >= 1, warmup >= 0)")
@@ -36,7 +41,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     out: dict[str, object] = {}
     for model in [m for m in args.model.split(",") if m]:
         report = run_bench(model, pab=presets, repeats=args.repeats, warmup=args.warmup, overrides=overrides,
-                           device=args.device, weights=args.weights)
+                           device=args.device, weights=args.weights, engine_kwargs=pool_kwargs(args))
         print(report.markdown() + "\n")
         out[model] = report.as_dict()
     if args.compare_diffusers:
