@@ -88,7 +88,8 @@ def test_two_data_parallel_groups_serve_a_list_in_order(tiny_latte_dir, in_proce
     prompts = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
     seeds = [11, 12, 13, 14]
     want = [in_process.generate(p, steps=2, seed=s) for p, s in zip(prompts, seeds)]
-    with _pool(tiny_latte_dir, world_size=2, sp=1) as engine:
+    # "spread" placement (soft: one node holds both bundles here) takes the same path a cluster would
+    with _pool(tiny_latte_dir, world_size=2, sp=1, placement="spread") as engine:
         assert engine.concurrency == 2
         requests = [engine.make_request(p, steps=2, seed=s) for p, s in zip(prompts, seeds)]
         got = engine.generate_requests(requests)
