@@ -33,7 +33,8 @@ class CallRecorder:
         original = transformer.forward
 
         def forward(x, timestep, y, mask, **kwargs):
-            self.calls.append({"x": x.clone(), "t": timestep.clone(), "y": y.clone(), "mask": mask.clone(), **kwargs})
+            self.calls.append({"x": x.clone(), "t": timestep.clone(), "y": y.clone(),
+                               "mask": None if mask is None else mask.clone(), **kwargs})
             return original(x, timestep, y, mask, **kwargs)
 
         monkeypatch.setattr(transformer, "forward", forward)
@@ -110,11 +111,14 @@ def test_cfg_pairs_each_prompt_with_the_learned_null_caption(tiny_opensora_engin
     tiny_opensora_engine.generate("a cat", steps=2, frames=1, guidance=7.0, **SMALL)
     assert len(recorder.calls) == 2
     call = recorder.calls[0]
-    y, mask = call["y"], call["mask"]
-    assert y.shape[0] == 2 and y.shape[1] == 300 and mask.shape == (2, 300)
-    assert torch.equal(mask[0], mask[1])  # the null caption is cut by the prompt's own mask
-    assert 0 < int(mask[0].sum()) < 300
-    assert torch.equal(y[1], transformer.null_caption[:300].to(y.dtype))
+    valid = int(pipeline_of(tiny_opensora_engine).encode_text("a cat")[1].sum())
+    assert 0 < valid < 300
+    # the caption comes cut to the prompt's valid tokens, once per request, with no mask (no per-call host
+    # reads); the null caption is cut the same way
+    y = call["y"]
+    assert y.shape[:2] == (2, valid) and call["mask"] is None
+    assert all(c["y"].shape[1] == valid and c["mask"] is None for c in recorder.calls)
+    assert torch.equal(y[1], transformer.null_caption[:valid].to(y.dtype))
     assert not torch.equal(y[0], y[1])
     assert torch.equal(call["x"][0], call["x"][1])  # both halves see the same latent
     assert call["t"][0] == call["t"][1] == 1000.0
