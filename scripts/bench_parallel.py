@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,11 +28,7 @@ if str(REPO_ROOT) not in sys.path:
 from videosys.models.random_init import fill_random_  # noqa: E402
 from videosys.parallel import ParallelConfig, ParallelState  # noqa: E402
 from videosys.parallel.launch import run_local  # noqa: E402
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+from videosys.quality.metrics import psnr  # noqa: E402
 
 
 # -- equality on the smoke models ------------------------------------------------------------------------------

@@ -156,18 +156,8 @@ def score(detection: Detection, expected: ClipAttributes | tuple[str, str, str])
 
 
 def load_frames(path: str | Path) -> np.ndarray:
-    """Read a video written by VideoSys (``.gif``, ``.mp4`` or a folder of PNG frames) as uint8 ``[T, H, W, 3]``."""
-    path = Path(path)
-    if path.is_dir():
-        from PIL import Image
+    """Read a video written by VideoSys (``.gif``, ``.mp4`` or a folder of PNG frames) as uint8 ``[T, H, W, 3]``
+    (:func:`videosys.quality.read_video`)."""
+    from videosys.quality.video import read_video
 
-        files = sorted(path.glob("*.png"))
-        if not files:
-            raise FileNotFoundError(f"no PNG frames in {str(path)!r}")
-        return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-    if not path.is_file():
-        raise FileNotFoundError(f"video {str(path)!r} does not exist")
-    import imageio.v2 as imageio
-
-    frames = [np.asarray(frame)[..., :3] for frame in imageio.mimread(str(path), memtest=False)]
-    return np.stack(frames).astype(np.uint8)
+    return read_video(path)
