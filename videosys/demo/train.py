@@ -4,10 +4,11 @@
 time budget:
 
 1. render ``clips`` training clips (:mod:`videosys.demo.clips`; held-out combinations never appear);
-2. train a small ``diffusers.AutoencoderKL`` (4 blocks: 8x spatial downsampling, 4 latent channels) on
-   their frames with L1 + MSE reconstruction and a small KL term, then set its ``scaling_factor`` to
-   1 / std of the latents;
-3. encode every clip to latents ``[4, 16, 8, 8]`` (posterior mean x scaling factor);
+2. train a small ``diffusers.AutoencoderKL`` (3 blocks: 4x spatial downsampling, 4 latent channels) on
+   their frames with L1 + MSE reconstruction (pixels of the object weighted up: it covers a few percent
+   of a frame and carries the colour and shape) and a small KL term, then set its ``scaling_factor`` to
+   1 / std of the latents; or load one trained earlier (``--vae-from``);
+3. encode every clip to latents ``[4, 16, 16, 16]`` (posterior mean x scaling factor);
 4. train a small :class:`~videosys.models.latte.LatteTransformer3D` (Latte-1's architecture, fewer and
    narrower blocks) with the v-prediction objective on the linear beta schedule of the saved
    ``scheduler/`` config, conditioned on a frozen, randomly initialised small ``T5EncoderModel`` whose
@@ -18,6 +19,10 @@ time budget:
    ``maxin-cn/Latte-1``) in float16, the tokenizer of :mod:`videosys.demo.tokenizer`, a ``videosys.yaml``
    overlay (size, frames, steps, guidance, PAB presets) and ``train_demo.json`` (the settings and the step
    counts actually run).
+
+The two phases can run as separate jobs: ``--vae-only`` stops after the VAE (and its round-trip check) and
+writes ``vae/`` and ``train_demo.json``; ``--vae-from DIR`` then trains the transformer on that VAE with the
+whole budget.
 
 Reproducibility: every random draw comes from ``--seed``.  With a time budget the number of optimiser
 steps depends on the machine's speed; ``train_demo.json`` records them, and ``--vae-steps N --steps M``
@@ -64,8 +69,8 @@ class DemoSizes:
     """Model and data sizes of one preset."""
 
     frame_size: int = 64
-    vae_channels: tuple[int, ...] = (32, 64, 128, 128)
-    vae_layers_per_block: int = 1
+    vae_channels: tuple[int, ...] = (32, 64, 128)  # 3 blocks: 4x down, 16x16 latents of a 64x64 frame
+    vae_layers_per_block: int = 2
     latent_channels: int = 4
     t5_d_model: int = 128
     t5_layers: int = 2
@@ -77,7 +82,7 @@ class DemoSizes:
     dit_head_dim: int = 64
     patch_size: int = 2
     clips: int = 24000
-    batch: int = 256
+    batch: int = 128
     vae_batch: int = 128
     lr: float = 4e-4
     vae_lr: float = 1e-3
@@ -86,7 +91,7 @@ class DemoSizes:
 SIZE_PRESETS: dict[str, DemoSizes] = {
     "demo": DemoSizes(),
     # a smoke test: loads and runs like the real thing, learns next to nothing
-    "tiny": DemoSizes(vae_channels=(8, 8, 16, 16), t5_d_model=32, t5_layers=1, t5_heads=2, t5_d_kv=16, t5_d_ff=64,
+    "tiny": DemoSizes(vae_channels=(8, 8, 16), vae_layers_per_block=1, t5_d_model=32, t5_layers=1, t5_heads=2, t5_d_kv=16, t5_d_ff=64,
                       dit_layers=1, dit_heads=2, dit_head_dim=16, clips=48, batch=4, vae_batch=8),
 }
 
@@ -106,6 +111,9 @@ class TrainOptions:
     steps: int | None = None
     p_uncond: float = 0.1
     kl_weight: float = 1e-4
+    object_weight: float = 4.0  # extra reconstruction weight of pixels that differ from the frame's background
+    vae_only: bool = False
+    vae_from: Path | None = None
     ema_decay: float = 0.999
     warmup: int = 300
     sample_steps: int = 20
@@ -273,6 +281,16 @@ class _EMA:
 
 
 # -- phases -------------------------------------------------------------------------------------------
+def _weighted_reconstruction(recon: torch.Tensor, x: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """MSE + L1/2 per pixel, averaged with weight ``1 + object_weight`` on pixels that differ from the frame's
+    background (its top-left pixel: backgrounds are plain), 1 elsewhere."""
+    background = x[:, :, :1, :1]
+    is_object = ((x - background).abs().amax(dim=1, keepdim=True) > 0.1).float()
+    weight = 1.0 + object_weight * is_object
+    per_pixel = ((recon - x) ** 2 + 0.5 * (recon - x).abs()).mean(dim=1, keepdim=True)
+    return (weight * per_pixel).sum() / weight.sum()
+
+
 def train_vae(vae: Any, clip_set: ClipSet, frames_gpu: torch.Tensor, options: TrainOptions,
               device: torch.device, deadline: float) -> dict[str, Any]:
     """Phase 1: fit the VAE on random frames of the clips; returns a log record."""
@@ -295,7 +313,7 @@ def train_vae(vae: Any, clip_set: ClipSet, frames_gpu: torch.Tensor, options: Tr
             z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen, device=device)
             recon = vae.decode(z).sample
         recon = recon.float()
-        rec = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
+        rec = _weighted_reconstruction(recon, x, options.object_weight)
         kl = posterior.kl().mean() / posterior.mean[0].numel()
         loss = rec + options.kl_weight * kl
         opt.zero_grad(set_to_none=True)
@@ -441,6 +459,30 @@ def train_transformer(model: torch.nn.Module, latents: torch.Tensor, key_index: 
     return ema.shadow, {"steps": step, "last": last, "seconds": time.perf_counter() - budget.start}
 
 
+def load_trained_vae(folder: Path, sizes: DemoSizes) -> tuple[Any, dict[str, Any]]:
+    """The VAE of an earlier ``--vae-only`` run (or of a demo checkpoint): ``folder/vae``, in float32, checked
+    against the preset; returns it and its log record (the earlier run's, with where it came from)."""
+    from diffusers import AutoencoderKL
+
+    vae_dir = folder / "vae"
+    if not (vae_dir / "config.json").is_file():
+        raise FileNotFoundError(f"--vae-from {folder}: no VAE there (expected {vae_dir / 'config.json'}; "
+                                "write one with --vae-only)")
+    vae = AutoencoderKL.from_pretrained(str(vae_dir), torch_dtype=torch.float32, low_cpu_mem_usage=False)
+    got = (tuple(vae.config.block_out_channels), int(vae.config.latent_channels), int(vae.config.sample_size))
+    want = (tuple(sizes.vae_channels), sizes.latent_channels, sizes.frame_size)
+    if got != want:
+        raise ValueError(f"--vae-from {folder}: VAE has (block_out_channels, latent_channels, sample_size) {got}, "
+                         f"this preset needs {want}")
+    earlier: dict[str, Any] = {}
+    log = folder / "train_demo.json"
+    if log.is_file():
+        earlier = dict(json.loads(log.read_text(encoding="utf-8")).get("vae", {}))
+    earlier.setdefault("steps", 0)
+    earlier["from"] = str(folder)
+    return vae.eval().requires_grad_(False), earlier
+
+
 # -- saving -------------------------------------------------------------------------------------------
 def overlay_text(options: TrainOptions) -> str:
     """The checkpoint's ``videosys.yaml``: its size, frames, sampling defaults and PAB presets.
@@ -556,11 +598,18 @@ def train(options: TrainOptions) -> Path:
         logger.info("rendered %d clips in %.1fs", sizes.clips, time.perf_counter() - t0)
         frames_gpu = torch.from_numpy(clip_set.frames).to(device)
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(options.seed * 1_000_003 + 2)
-            vae = make_vae(sizes)
-        vae_deadline = start + options.vae_fraction * (deadline - start)
-        record["vae"] = train_vae(vae, clip_set, frames_gpu, options, device, vae_deadline)
+        if options.vae_from is not None:
+            vae, record["vae"] = load_trained_vae(Path(options.vae_from), sizes)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(options.seed * 1_000_003 + 2)
+                vae = make_vae(sizes)
+            # --vae-only: the whole budget but a margin for encoding, the round-trip check and saving
+            share = 1.0 if options.vae_only else options.vae_fraction
+            vae_deadline = start + share * (deadline - start) - (min(30.0, 0.1 * options.minutes * 60.0)
+                                                                  if options.vae_only else 0.0)
+            record["vae"] = train_vae(vae, clip_set, frames_gpu, options, device, vae_deadline)
+        vae.to(device)
         latents, scale = encode_latents(vae, frames_gpu, device)
         vae.register_to_config(scaling_factor=scale)
         record["vae"]["scaling_factor"] = scale
@@ -568,6 +617,12 @@ def train(options: TrainOptions) -> Path:
         logger.info("vae: %d steps, scaling factor %.4f", record["vae"]["steps"], scale)
         record["vae"]["round_trip_adherence"] = vae_round_trip_adherence(vae, options.seed, sizes.frame_size, device)
         logger.info("vae round trip (the transformer's ceiling): %s", record["vae"]["round_trip_adherence"])
+        if options.vae_only:
+            vae.to("cpu").save_pretrained(str(out / "vae"), safe_serialization=True)
+            record["train_seconds"] = time.perf_counter() - start
+            (out / "train_demo.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+            logger.info("wrote the VAE to %s after %.1fs", out / "vae", record["train_seconds"])
+            return out
 
         bank = CaptionBank(clip_set.keys, tokenizer, text_encoder, device)
         model = LatteTransformer3D(LatteConfig.from_json_dict(transformer_config(sizes)))
@@ -610,8 +665,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="size preset (auto: demo on cuda, tiny on cpu)")
     p.add_argument("--clips", type=int, default=None, help="training clips to render (default: the preset's)")
     p.add_argument("--batch", type=int, default=None, help="transformer batch size (default: the preset's)")
-    p.add_argument("--patch-size", type=int, choices=[1, 2], default=None,
-                   help="transformer patch size on the 8x8 latents (default: the preset's, 2)")
+    p.add_argument("--patch-size", type=int, choices=[1, 2, 4], default=None,
+                   help="transformer patch size on the 16x16 latents (default: the preset's, 2)")
+    p.add_argument("--vae-only", action="store_true",
+                   help="train the VAE with the whole budget, write OUT/vae and stop (for --vae-from)")
+    p.add_argument("--vae-from", type=Path, default=None,
+                   help="use the VAE in DIR/vae (from --vae-only) and give the whole budget to the transformer")
+    p.add_argument("--object-weight", type=float, default=4.0,
+                   help="extra VAE reconstruction weight on the object's pixels (default 4)")
     p.add_argument("--vae-steps", type=int, default=None, help="fixed VAE steps instead of its time share")
     p.add_argument("--steps", type=int, default=None, help="fixed transformer steps instead of the time budget")
     p.add_argument("--vae-fraction", type=float, default=0.35, help="share of the budget for the VAE (default 0.35)")
@@ -638,7 +699,8 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
     return TrainOptions(out=Path(args.out), minutes=args.minutes, seed=args.seed, device=device, size=size,
                         sizes=sizes, vae_fraction=args.vae_fraction, vae_steps=args.vae_steps, steps=args.steps,
                         sample_steps=args.sample_steps, guidance=args.guidance, compile=args.compile,
-                        eval_prompts=args.eval_prompts, overwrite=args.overwrite)
+                        eval_prompts=args.eval_prompts, overwrite=args.overwrite, vae_only=args.vae_only,
+                        vae_from=args.vae_from, object_weight=args.object_weight)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -646,6 +708,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = options_from_args(args)
+    if options.vae_only and options.vae_from is not None:
+        raise SystemExit("train_demo: --vae-only and --vae-from exclude each other")
     logger.info("training the demo model: %s preset on %s, %.2f minutes, seed %d -> %s",
                 options.size, options.device, options.minutes, options.seed, options.out)
     train(options)

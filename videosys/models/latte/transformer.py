@@ -35,6 +35,7 @@ from ..layers.embeddings import (
     PatchEmbed2D,
     get_1d_sincos_pos_embed,
 )
+from ..layers.norms import modulate
 from ..weights import load_pretrained
 
 logger = logging.getLogger(__name__)
@@ -288,8 +289,7 @@ class LatteTransformer3D(nn.Module):
 
         shift, scale = (self.scale_shift_table[None] + t_emb[:, None]).chunk(2, dim=1)  # [B, 1, D] each
         x = self.norm_out(x).reshape(b, fl * n, -1)
-        x = x * (1 + scale) + shift
-        x = self.proj_out(x)  # [B, F*n, p*p*c], channel index (pi*p + qi)*c + ci
+        x = self.proj_out(modulate(x, shift, scale))  # [B, F*n, p*p*c], channel index (pi*p + qi)*c + ci
         if sp is not None:
             # every rank gets all frames; gathered after proj_out, where a token is p*p*c wide, not D
             x = comm.gather(x.reshape(b, fl, n, -1), sp, dim=1, full_size=f)

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,12 @@ SDPA = "sdpa"
 
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
 _FLASH_MAX_HEAD_DIM = 256
+
+#: The order torch SDPA tries its kernels in on CUDA. cuDNN first: on Hopper it is the fastest at the
+#: spatial shapes of these models (see scripts/bench_attention.py and docs/benchmarks.md); a backend that
+#: does not accept a call (dtype, head size, mask) passes it to the next.
+CUDA_SDPA_ORDER = (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                   SDPBackend.MATH)
 
 
 @functools.lru_cache(maxsize=1)
@@ -79,6 +86,9 @@ def scaled_dot_product(
         # flash-attn wants [B, S, H, D]; a transpose keeps the last dim contiguous.
         out = flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)
+    if q.is_cuda:
+        with sdpa_kernel(list(CUDA_SDPA_ORDER), set_priority=True):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 

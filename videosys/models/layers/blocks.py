@@ -32,6 +32,7 @@ from videosys.pab import PABRun, run_module
 from videosys.parallel import ParallelState, comm
 
 from .attention import Attention
+from .norms import modulate
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class LatteBlock(nn.Module):
         the output has ``x``'s local layout."""
         n, s, c = x.shape
         h = _grouped(self.norm1(x), shift.shape[0])
-        h = (h * (1 + scale) + shift).reshape(n, s, c)
+        h = modulate(h, shift, scale).reshape(n, s, c)
         if frame_shards is None:
             return self.attn1(h)
         return frame_shards.to_local_frames(self.attn1(frame_shards.to_all_frames(h)))
@@ -181,7 +182,7 @@ class LatteBlock(nn.Module):
         """norm2 -> modulate -> feed-forward, before the gate."""
         n, s, c = x.shape
         h = _grouped(self.norm2(x), shift.shape[0])
-        h = (h * (1 + scale) + shift).reshape(n, s, c)
+        h = modulate(h, shift, scale).reshape(n, s, c)
         return self.ff(h)
 
     # -- forward -------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ from videosys.parallel import ParallelState, comm
 from ..config_values import is_int, is_number
 from ..layers.attention import scaled_dot_product
 from ..layers.embeddings import timestep_sinusoids
-from ..layers.norms import RMSNorm
+from ..layers.norms import RMSNorm, modulate
 from ..layers.rope import RotaryEmbedding, apply_rotary
 from ..weights import load_pretrained
 
@@ -250,10 +250,6 @@ def spatial_pos_table(
 # -- small modules (parameter names follow the official checkpoint) ---------------------------------------
 
 
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
-
-
 def _sp_state(parallel: ParallelState | None) -> ParallelState:
     """The state the sequence-parallel collectives run on: without one, a single-process state, on which
     every collective (shard, all-to-all, gather) is the identity."""
@@ -419,7 +415,7 @@ class STDiT3Block(nn.Module):
     ) -> torch.Tensor:
         """``gate * attn(modulate(norm1(x)))``: everything the self-attention costs, the spatial one's
         sequence-parallel all-to-alls included (kept by PAB)."""
-        h = _modulate(self.norm1(x), shift, scale)
+        h = modulate(self.norm1(x), shift, scale)
         if self.temporal:
             h = self.temporal_attention(h, frames, rope)
         else:
@@ -434,7 +430,7 @@ class STDiT3Block(nn.Module):
         self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor
     ) -> torch.Tensor:
         """``gate * mlp(modulate(norm2(x)))`` (kept by PAB)."""
-        return gate * self.mlp(_modulate(self.norm2(x), shift, scale))
+        return gate * self.mlp(modulate(self.norm2(x), shift, scale))
 
     def forward(
         self,
@@ -517,7 +513,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         shift, scale = (self.scale_shift_table[None] + t[:, None]).chunk(2, dim=1)
-        return self.linear(_modulate(self.norm_final(x), shift, scale))
+        return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
 # -- the model --------------------------------------------------------------------------------------------
