@@ -92,3 +92,23 @@ def test_attention_bias_flag_and_bad_mask() -> None:
     assert m.to_q.bias is None and m.to_out[0].bias is not None
     with pytest.raises(ValueError, match="attention_mask"):
         m(torch.randn(2, 4, 16), attention_mask=torch.ones(2, 5, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_short_sequence_matmul_path_matches_sdpa(masked: bool) -> None:
+    """The two-matmul path that CUDA uses for short (temporal) sequences: same values as SDPA, a fully
+    masked query row gives zeros instead of NaN, and the output keeps the value dtype."""
+    g = torch.Generator().manual_seed(4)
+    q, k, v = torch.randn(3, 2, 3, 15, 8, generator=g).unbind(0)
+    mask = None
+    if masked:
+        mask = torch.rand(2, 1, 15, 15, generator=g) > 0.3
+        mask[0, 0, 2] = False  # one query row with no key
+    out = attn_mod._matmul_attention(q, k, v, mask)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if masked:
+        assert torch.all(out[0, :, 2] == 0)
+        out, ref = out.clone(), ref.clone()
+        out[0, :, 2] = ref[0, :, 2] = 0
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert attn_mod._matmul_attention(q.half(), k.half(), v.half()).dtype == torch.float16
