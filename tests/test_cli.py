@@ -33,11 +33,11 @@ def test_generate_json_summary(tiny_latte_dir, tmp_path, capsys):
     assert len(list(out.glob("frame_*.png"))) == 1
 
 
-def test_bundled_smoke_model_is_the_default(tmp_path, capsys):
-    out = tmp_path / "smoke.mp4"
+def test_bundled_demo_model_is_the_default(tmp_path, capsys):
+    out = tmp_path / "demo.mp4"
     assert main(["generate", "a cat", "--steps", "2", "--no-progress", "-o", str(out)]) == 0
     assert out.stat().st_size > 0
-    assert "(16 frames, 128x128, 8 fps)" in capsys.readouterr().out
+    assert "(16 frames, 64x64, 8 fps)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,7 @@ def test_bundled_smoke_model_is_the_default(tmp_path, capsys):
     [
         (["generate", "a cat", "--model", "sora"], "model: 'sora' is not registered"),
         (["generate", "a cat", "--pab", "pab999"], "'pab999' is not a preset"),
-        (["generate", "a cat", "--frames", "17"], "frames: 17 not allowed (allowed: 1, 16 for latte)"),
+        (["generate", "a cat", "--frames", "17"], "frames: 17 not allowed (allowed: 16 for latte)"),
         (["generate", "a cat", "--steps", "0"], "steps: 0 not allowed"),
         (["generate", "a cat", "--guidance", "-2"], "guidance: -2.0 not allowed"),
         (["generate", "   "], "prompt: '   ' not allowed"),
