@@ -6,7 +6,8 @@ HERE = Path(__file__).parent
 
 
 def _data_files(*roots: str) -> list[tuple[str, list[str]]]:
-    """configs/ and the bundled smoke model, installed under <prefix>/share/videosys for non-editable installs."""
+    """configs/ and the bundled demo and smoke models, installed under <prefix>/share/videosys for non-editable
+    installs."""
     out: dict[str, list[str]] = {}
     for root in roots:
         base = HERE / root
@@ -26,7 +27,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["videosys", "videosys.*"]),
     include_package_data=True,
-    data_files=_data_files("configs", "models/README.md", "models/latte-smoke", "models/opensora-smoke",
+    data_files=_data_files("configs", "models/README.md", "models/latte-demo", "models/latte-smoke", "models/opensora-smoke",
                            "models/opensora-plan-smoke"),
     install_requires=[
         "torch>=2.3",
