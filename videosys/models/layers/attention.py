@@ -1,5 +1,5 @@
-"""Attention: the backend chooser (flash-attn or PyTorch SDPA) and a multi-head attention module whose
-parameter names follow diffusers' ``Attention`` (``to_q``, ``to_k``, ``to_v``, ``to_out.0``), so that
+"""Attention: the backend chooser (flash-attn, two matmuls for short sequences, or PyTorch SDPA) and a
+multi-head attention module whose parameter names follow diffusers' ``Attention`` (``to_q``, ``to_k``, ``to_v``, ``to_out.0``), so that
 diffusers checkpoints load without renaming.
 
 Tensors handed to :func:`scaled_dot_product` are laid out ``[batch, heads, seq, head_dim]``. A mask is
@@ -82,6 +82,8 @@ def scaled_dot_product(
     """softmax(q k^T / sqrt(head_dim)) v for ``[B, H, S, D]`` tensors; returns ``[B, H, S_q, D]``.
 
     ``mask`` (boolean, ``True`` = attend) broadcasts as ``[B, 1 or H, S_q or 1, S_kv]``.
+    Runs on flash-attn when :func:`select_backend` says so; else on CUDA as two matmuls when both sequences
+    are at most :data:`SHORT_SEQUENCE` long, or torch SDPA in :data:`CUDA_SDPA_ORDER`; on the CPU torch SDPA.
     """
     if mask is not None and mask.dtype != torch.bool:
         raise TypeError(f"attention mask must be boolean (True = attend), got {mask.dtype}")
