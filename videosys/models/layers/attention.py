@@ -1,6 +1,6 @@
 """Attention: the backend chooser (flash-attn, two matmuls for short sequences, or PyTorch SDPA) and a
-multi-head attention module whose parameter names follow diffusers' ``Attention`` (``to_q``, ``to_k``, ``to_v``, ``to_out.0``), so that
-diffusers checkpoints load without renaming.
+multi-head attention module whose parameter names follow diffusers' ``Attention`` (``to_q``, ``to_k``,
+``to_v``, ``to_out.0``), so that diffusers checkpoints load without renaming.
 
 Tensors handed to :func:`scaled_dot_product` are laid out ``[batch, heads, seq, head_dim]``. A mask is
 boolean, ``True`` = attend, broadcastable as ``[batch, 1 or heads, q_len or 1, kv_len]``.
