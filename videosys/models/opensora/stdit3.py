@@ -313,17 +313,27 @@ class SelfAttention(nn.Module):
         self.k_norm: nn.Module = RMSNorm(self.head_dim, eps=NORM_EPS) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
+    def _project(self, x: torch.Tensor, part: int) -> torch.Tensor:
+        """Part ``part`` (0 q, 1 k, 2 v) of the ``qkv`` projection as a contiguous ``[N, L, heads, head_dim]``:
+        its rows of the weight (a view, no copy) in one GEMM."""
+        c = self.num_heads * self.head_dim
+        rows = slice(part * c, (part + 1) * c)
+        bias = None if self.qkv.bias is None else self.qkv.bias[rows]
+        return F.linear(x, self.qkv.weight[rows], bias).view(*x.shape[:2], self.num_heads, self.head_dim)
+
     def forward(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
         """``x`` ``[N, L, C]`` -> ``[N, L, C]``; ``rope``: float32 ``(cos, sin)`` ``[L, head_dim]`` or ``None``."""
         n, length, c = x.shape
-        qkv = self.qkv(x).view(n, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # [N, heads, L, head_dim]
+        v = self._project(x, 2).transpose(1, 2)  # [N, heads, L, head_dim]
         if length == 1:
-            out = v  # softmax over one key is exactly 1: the output is v (no norm/RoPE needed)
+            out = v  # softmax over one key is exactly 1: the output is v (no q/k, norm or RoPE needed)
         else:
-            q, k = self.q_norm(q), self.k_norm(k)
+            # q and k are normalised in their contiguous [N, L, heads, head_dim] layout (the fused norm would
+            # first copy a strided view), then viewed as [N, heads, L, head_dim]
+            q = self.q_norm(self._project(x, 0)).transpose(1, 2)
+            k = self.k_norm(self._project(x, 1)).transpose(1, 2)
             if rope is not None:
                 cos, sin = rope
                 q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
