@@ -6,7 +6,8 @@ Shapes (CFG batch 2, bf16): Open-Sora 1.2 2s 480p (15 latent frames x 1590 token
 temporal and cross (a 30-token caption, cut to its valid tokens so without a mask; and the same with a key
 mask, as an uncut caption would need); Latte-1 16 x 512 x 512 (16 frames x 1024
 tokens, 16 x 72) spatial and temporal. For each it prints the median ms of every backend that accepts the
-shape and the largest difference from float32 math attention, so the default order in
+shape and the largest difference from float32 math attention ("two matmuls" is the library's own
+``matmul_attention``, the path CUDA takes for short sequences), so the default order in
 ``videosys.models.layers.attention`` can be checked on the device at hand.
 """
 
@@ -15,11 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from videosys.bench.timing import cuda_event_median_ms
+from videosys.models.layers.attention import matmul_attention
 
 logger = logging.getLogger("bench_attention")
 
@@ -38,28 +41,6 @@ BACKENDS = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "math": SDPBackend.MATH,
 }
-
-
-def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v as two batched matmuls (a candidate for very short sequences)."""
-    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.matmul(scores.softmax(-1), v)
-
-
-def time_ms(fn, repeats: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def bench_shape(b: int, h: int, lq: int, lk: int, d: int, masked: bool,
@@ -83,7 +64,7 @@ def bench_shape(b: int, h: int, lq: int, lk: int, d: int, masked: bool,
     for key, fn in candidates.items():
         try:
             out = fn()
-            row[key] = {"ms": time_ms(fn), "max_err": float((out[sl].float() - ref).abs().max())}
+            row[key] = {"ms": cuda_event_median_ms(fn), "max_err": float((out[sl].float() - ref).abs().max())}
         except RuntimeError as exc:  # the backend refuses this shape / dtype / mask
             row[key] = {"error": str(exc).splitlines()[0][:120]}
     return row

@@ -104,11 +104,11 @@ def test_short_sequence_matmul_path_matches_sdpa(masked: bool) -> None:
     if masked:
         mask = torch.rand(2, 1, 15, 15, generator=g) > 0.3
         mask[0, 0, 2] = False  # one query row with no key
-    out = attn_mod._matmul_attention(q, k, v, mask)
+    out = attn_mod.matmul_attention(q, k, v, mask)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if masked:
         assert torch.all(out[0, :, 2] == 0)
         out, ref = out.clone(), ref.clone()
         out[0, :, 2] = ref[0, :, 2] = 0
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    assert attn_mod._matmul_attention(q.half(), k.half(), v.half()).dtype == torch.float16
+    assert attn_mod.matmul_attention(q.half(), k.half(), v.half()).dtype == torch.float16

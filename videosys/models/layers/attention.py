@@ -94,14 +94,14 @@ def scaled_dot_product(
         out = flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)
     if q.is_cuda and q.shape[-2] <= SHORT_SEQUENCE and k.shape[-2] <= SHORT_SEQUENCE:
-        return _matmul_attention(q, k, v, mask)
+        return matmul_attention(q, k, v, mask)
     if q.is_cuda:
         with sdpa_kernel(list(CUDA_SDPA_ORDER), set_priority=True):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-def _matmul_attention(
+def matmul_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
     """Attention as ``softmax(q k^T / sqrt(d)) v`` with two batched matmuls and a float32 softmax (for short
