@@ -192,6 +192,39 @@ def test_vae_only_then_vae_from(tmp_path: Path) -> None:
               "--vae-from", str(tmp_path), "-q"])
 
 
+def test_transformer_from_continues_an_earlier_checkpoint(tmp_path: Path) -> None:
+    """--transformer-from starts from the earlier checkpoint's transformer (the model, not a fresh init),
+    keeps its tokenizer and text encoder as they are, records the earlier job, and refuses a run without the
+    checkpoint's VAE or a folder without a transformer."""
+    import torch
+    from safetensors.torch import load_file
+
+    from videosys.demo.train import main
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = ["--minutes", "0.1", "--device", "cpu", "--clips", "8", "-q"]
+    assert main(["--out", str(first), *common]) == 0
+    # zero steps of continuation would be a copy; two steps at a zero learning rate keep every weight
+    assert main(["--out", str(second), *common, "--vae-from", str(first), "--transformer-from", str(first),
+                 "--steps", "2", "--lr", "0", "--clips", "16"]) == 0  # other clips: the VAE factor must not move
+    before = load_file(first / "transformer" / "diffusion_pytorch_model.safetensors")
+    after = load_file(second / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    record = json.loads((second / "train_demo.json").read_text())
+    assert record["transformer_from"]["from"] == str(first) and record["transformer_from"]["steps"] >= 2
+    for part in ("text_encoder/model.safetensors", "tokenizer/spiece.model"):
+        assert (first / part).read_bytes() == (second / part).read_bytes(), part
+    def factor(folder: Path) -> float:
+        return json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"]
+
+    assert factor(second) == factor(first)  # the factor the transformer was trained with
+    with pytest.raises(FileNotFoundError, match="--transformer-from"):
+        main(["--out", str(tmp_path / "x"), *common, "--vae-from", str(first), "--transformer-from", str(tmp_path)])
+    with pytest.raises(SystemExit, match="needs --vae-from"):
+        main(["--out", str(tmp_path / "y"), *common, "--transformer-from", str(first)])
+
+
 def test_vae_loss_weights_the_object() -> None:
     """An error on the object's pixels costs more than the same error on the background."""
     import torch

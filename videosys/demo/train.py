@@ -22,7 +22,10 @@ time budget:
 
 The two phases can run as separate jobs: ``--vae-only`` stops after the VAE (and its round-trip check) and
 writes ``vae/`` and ``train_demo.json``; ``--vae-from DIR`` then trains the transformer on that VAE with the
-whole budget.
+whole budget.  ``--transformer-from DIR`` (with ``--vae-from`` of the same checkpoint) continues training the
+transformer of an earlier demo checkpoint: its weights seed both the model and the EMA, its tokenizer and text
+encoder are reused as they are, and the continuation draws its batches from a random stream of its
+own (not a replay of the first job's).  ``train_demo.json`` keeps the step counts of every job.
 
 Reproducibility: every random draw comes from ``--seed``.  With a time budget the number of optimiser
 steps depends on the machine's speed; ``train_demo.json`` records them, and ``--vae-steps N --steps M``
@@ -114,6 +117,7 @@ class TrainOptions:
     object_weight: float = 4.0  # extra reconstruction weight of pixels that differ from the frame's background
     vae_only: bool = False
     vae_from: Path | None = None
+    transformer_from: Path | None = None  # continue training the transformer of an earlier demo checkpoint
     ema_decay: float = 0.999
     warmup: int = 300
     sample_steps: int = 20
@@ -331,8 +335,10 @@ def train_vae(vae: Any, clip_set: ClipSet, frames_gpu: torch.Tensor, options: Tr
 
 
 @torch.no_grad()
-def encode_latents(vae: Any, frames_gpu: torch.Tensor, device: torch.device, chunk: int = 2048) -> tuple[torch.Tensor, float]:
-    """Every clip as latents ``[N, C, T, h, w]`` (posterior mean x scaling factor, float16) and the factor."""
+def encode_latents(vae: Any, frames_gpu: torch.Tensor, device: torch.device, chunk: int = 2048,
+                   scale: float | None = None) -> tuple[torch.Tensor, float]:
+    """Every clip as latents ``[N, C, T, h, w]`` (posterior mean x scaling factor, float16) and the factor:
+    ``scale`` if given, else 1 / std of these latents."""
     n, t = frames_gpu.shape[:2]
     flat = frames_gpu.reshape(n * t, *frames_gpu.shape[2:])
     parts = []
@@ -340,7 +346,8 @@ def encode_latents(vae: Any, frames_gpu: torch.Tensor, device: torch.device, chu
         with _autocast(device):
             parts.append(vae.encode(_to_unit(flat[start:start + chunk])).latent_dist.mean.float())
     z = torch.cat(parts)
-    scale = float(1.0 / z.std().clamp_min(1e-6))
+    if scale is None:
+        scale = float(1.0 / z.std().clamp_min(1e-6))
     z = (z * scale).reshape(n, t, *z.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
     return z.to(torch.float16), scale
 
@@ -417,7 +424,8 @@ def train_transformer(model: torch.nn.Module, latents: torch.Tensor, key_index: 
     opt = torch.optim.AdamW(model.parameters(), lr=sizes.lr, weight_decay=0.0, betas=(0.9, 0.99))
     betas = torch.linspace(BETA_START, BETA_END, NUM_TRAIN_TIMESTEPS, dtype=torch.float64)
     alphas_cumprod = torch.cumprod(1.0 - betas, 0).float().to(device)
-    gen = _generator(options.seed, 21, device)
+    # a continuation (--transformer-from) draws from a stream of its own, not a replay of the first job's
+    gen = _generator(options.seed, 22 if options.transformer_from is not None else 21, device)
     forward = torch.compile(model) if options.compile else model
     budget = _Budget(deadline, options.steps)
     n = latents.shape[0]
@@ -481,6 +489,47 @@ def load_trained_vae(folder: Path, sizes: DemoSizes) -> tuple[Any, dict[str, Any
     earlier.setdefault("steps", 0)
     earlier["from"] = str(folder)
     return vae.eval().requires_grad_(False), earlier
+
+
+def load_earlier_text_encoder(folder: Path) -> Any:
+    """The text encoder of an earlier demo checkpoint, for ``--transformer-from``: its transformer was trained
+    on exactly those embeddings (a fresh draw from the seed, and the tokenizer trained from it, are not the
+    same across transformers / sentencepiece versions)."""
+    from transformers import T5EncoderModel
+
+    if not (folder / "text_encoder" / "config.json").is_file() or not (folder / "tokenizer").is_dir():
+        raise FileNotFoundError(f"--transformer-from {folder}: expected text_encoder/ and tokenizer/ there")
+    encoder = T5EncoderModel.from_pretrained(str(folder / "text_encoder"), torch_dtype=torch.float32)
+    return encoder.eval().requires_grad_(False)
+
+
+def load_earlier_transformer(model: torch.nn.Module, folder: Path, sizes: DemoSizes) -> dict[str, Any]:
+    """Load the transformer of an earlier demo checkpoint into ``model`` (float32) for ``--transformer-from``;
+    returns the earlier run's transformer log record."""
+    from videosys.models.weights import (
+        check_state_dict,
+        find_weights,
+        load_state_dict,
+        read_config,
+    )
+
+    where = folder / "transformer"
+    if not (where / "config.json").is_file():
+        raise FileNotFoundError(f"--transformer-from {folder}: no transformer there (expected {where / 'config.json'})")
+    want = transformer_config(sizes)
+    got = {k: read_config(where).get(k) for k in want}
+    if got != want:
+        raise ValueError(f"--transformer-from {folder}: transformer config {got} differs from this preset's {want}")
+    state = check_state_dict(model, load_state_dict(find_weights(where)), source=str(where))
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    earlier: dict[str, Any] = {}
+    log = folder / "train_demo.json"
+    if log.is_file():
+        data = json.loads(log.read_text(encoding="utf-8"))
+        earlier = {"steps": data.get("transformer", {}).get("steps"), "seconds": data.get("transformer", {}).get("seconds"),
+                   "earlier": data.get("transformer_from")}
+    earlier["from"] = str(folder)
+    return earlier
 
 
 # -- saving -------------------------------------------------------------------------------------------
@@ -592,9 +641,14 @@ def train(options: TrainOptions) -> Path:
     }
 
     with tempfile.TemporaryDirectory(prefix="demo-tokenizer-") as tmp:
-        tokenizer_dir = build_demo_tokenizer(Path(tmp) / "tokenizer", seed=options.seed)
+        if options.transformer_from is not None:  # continue with the earlier job's text side, as it is
+            text_encoder = load_earlier_text_encoder(Path(options.transformer_from))
+            tokenizer_dir = Path(shutil.copytree(Path(options.transformer_from) / "tokenizer", Path(tmp) / "tokenizer"))
+        else:
+            tokenizer_dir = build_demo_tokenizer(Path(tmp) / "tokenizer", seed=options.seed)
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        text_encoder = make_text_encoder(sizes, len(tokenizer), options.seed)
+        if options.transformer_from is None:
+            text_encoder = make_text_encoder(sizes, len(tokenizer), options.seed)
         # saved in float16: train on exactly the embeddings the saved encoder gives
         torch.nn.Module.to(torch.nn.Module.to(text_encoder, torch.float16), torch.float32)
 
@@ -615,7 +669,9 @@ def train(options: TrainOptions) -> Path:
                                                                   if options.vae_only else 0.0)
             record["vae"] = train_vae(vae, clip_set, frames_gpu, options, device, vae_deadline)
         vae.to(device)
-        latents, scale = encode_latents(vae, frames_gpu, device)
+        # a continuation keeps the factor its transformer was trained with
+        latents, scale = encode_latents(vae, frames_gpu, device, scale=float(vae.config.scaling_factor)
+                                        if options.transformer_from is not None else None)
         vae.register_to_config(scaling_factor=scale)
         record["vae"]["scaling_factor"] = scale
         del frames_gpu
@@ -631,7 +687,10 @@ def train(options: TrainOptions) -> Path:
 
         bank = CaptionBank(clip_set.keys, tokenizer, text_encoder, device)
         model = LatteTransformer3D(LatteConfig.from_json_dict(transformer_config(sizes)))
-        init_transformer(model, _generator(options.seed, 1))
+        if options.transformer_from is not None:
+            record["transformer_from"] = load_earlier_transformer(model, Path(options.transformer_from), sizes)
+        else:
+            init_transformer(model, _generator(options.seed, 1))
         params = sum(p.numel() for p in model.parameters())
         record["parameters"] = {"transformer": params, "vae": sum(p.numel() for p in vae.parameters()),
                                 "text_encoder": sum(p.numel() for p in text_encoder.parameters())}
@@ -676,6 +735,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the VAE with the whole budget, write OUT/vae and stop (for --vae-from)")
     p.add_argument("--vae-from", type=Path, default=None,
                    help="use the VAE in DIR/vae (from --vae-only) and give the whole budget to the transformer")
+    p.add_argument("--transformer-from", type=Path, default=None,
+                   help="continue training the transformer of this earlier demo checkpoint (use with --vae-from of it)")
+    p.add_argument("--lr", type=float, default=None, help="transformer peak learning rate (default: the preset's)")
     p.add_argument("--object-weight", type=float, default=4.0,
                    help="extra VAE reconstruction weight on the object's pixels (default 4)")
     p.add_argument("--vae-steps", type=int, default=None, help="fixed VAE steps instead of its time share")
@@ -701,11 +763,14 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
         sizes = replace(sizes, batch=args.batch)
     if args.patch_size is not None:
         sizes = replace(sizes, patch_size=args.patch_size)
+    if args.lr is not None:
+        sizes = replace(sizes, lr=args.lr)
     return TrainOptions(out=Path(args.out), minutes=args.minutes, seed=args.seed, device=device, size=size,
                         sizes=sizes, vae_fraction=args.vae_fraction, vae_steps=args.vae_steps, steps=args.steps,
                         sample_steps=args.sample_steps, guidance=args.guidance, compile=args.compile,
                         eval_prompts=args.eval_prompts, overwrite=args.overwrite, vae_only=args.vae_only,
-                        vae_from=args.vae_from, object_weight=args.object_weight)
+                        vae_from=args.vae_from, transformer_from=args.transformer_from,
+                        object_weight=args.object_weight)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -715,6 +780,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = options_from_args(args)
     if options.vae_only and options.vae_from is not None:
         raise SystemExit("train_demo: --vae-only and --vae-from exclude each other")
+    if options.transformer_from is not None and (options.vae_from is None or options.vae_only):
+        raise SystemExit("train_demo: --transformer-from needs --vae-from (the VAE its transformer was trained on)")
     logger.info("training the demo model: %s preset on %s, %.2f minutes, seed %d -> %s",
                 options.size, options.device, options.minutes, options.seed, options.out)
     train(options)
