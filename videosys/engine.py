@@ -76,6 +76,9 @@ class VideoSysEngine:
     ``ray_address`` joins a Ray cluster (``"auto"`` or an address) instead of starting Ray here; ``placement``
     "pack" (default) or "spread" places the ranks over its nodes; ``timeout_s`` bounds every wait of the pool.
     Use the engine as a context manager, or call :meth:`shutdown`, to stop the pool.
+    ``compile=True`` runs the denoiser's block pieces through ``torch.compile`` on every rank
+    (:mod:`videosys.models.compile`; the first request of each size pays the compilation; outputs move within
+    the dtype's rounding).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class VideoSysEngine:
         ray_address: str | None = None,
         placement: str = "pack",
         timeout_s: float = 1800.0,
+        compile: bool = False,
     ) -> None:
         layout = PoolLayout(world_size, ParallelConfig(sp=sp, cfg=cfg_parallel))  # bad layouts fail first
         pool = world_size > 1 or ray_address is not None
@@ -118,6 +122,7 @@ class VideoSysEngine:
             raise RequestError("pab", pab, str(exc)) from None
         self.progress = progress
         self.random_weights = random_weights
+        self.compile = bool(compile)
         spec = self.pipeline_spec()
         self.layout = layout
         self._executor: Executor = (RayExecutor(spec, layout, address=ray_address, placement=placement,
@@ -129,7 +134,7 @@ class VideoSysEngine:
         """What a rank needs to build this engine's pipeline (picklable; used by the parallel runners)."""
         return PipelineSpec(pipeline=self.spec.pipeline, checkpoint=self.checkpoint, config=self.config,
                             device=str(self.device), dtype=self.dtype,
-                            random_of=self.spec.name if self.random_weights else None)
+                            random_of=self.spec.name if self.random_weights else None, compile=self.compile)
 
     @property
     def model(self) -> str:

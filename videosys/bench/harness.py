@@ -49,6 +49,7 @@ class BenchReport:
     floor_call_ms: float
     settings: list[SettingResult]
     layout: str = "1 rank"
+    compiled: bool = False  # the denoiser's block pieces ran through torch.compile
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,7 +58,7 @@ class BenchReport:
         r = self.request
         title = (f"{self.model}: {r['frames']} x {r['height']} x {r['width']}, {r['steps']} steps "
                  f"({self.denoiser_calls} denoiser calls), guidance {r['guidance']}, {r['dtype']}; {self.device}; "
-                 f"{self.layout}")
+                 f"{self.layout}{'; torch.compile' if self.compiled else ''}")
         floor = (f"GEMM {self.gemm_tflops:.0f} TFLOP/s; one denoiser call {self.call_tflop:.2f} TFLOP -> floor "
                  f"{self.floor_call_ms:.1f} ms/call")
         header = ("| PAB | text encoder (s) | denoise (s) | VAE decode (s) | total (s) | ms/call | x floor "
@@ -212,4 +213,5 @@ def _bench(engine: Any, pab: Sequence[str] | None, repeats: int, warmup: int, ov
                        request={"frames": req.frames, "height": req.height, "width": req.width, "steps": req.steps,
                                 "guidance": req.guidance, "dtype": str(engine.dtype).removeprefix("torch.")},
                        denoiser_calls=calls, gemm_tflops=gemm, call_tflop=call_flops / 1e12,
-                       floor_call_ms=floor_ms, settings=results, layout=engine.layout.describe())
+                       floor_call_ms=floor_ms, settings=results, layout=engine.layout.describe(),
+                       compiled=bool(getattr(engine, "compile", False)))

@@ -16,8 +16,9 @@ DDIM50 = [980 - 20 * i for i in range(50)]
 
 
 def compare_latte(dtype: torch.dtype = torch.float16, frames: int = 16, size: int = 512, text_tokens: int = 20,
-                  repeats: int = 10, loop_repeats: int = 2) -> dict[str, Any]:
-    """Times and accuracy, as a flat dict (``*_ms`` / ``*_s`` / ``*_gib`` keys)."""
+                  repeats: int = 10, loop_repeats: int = 2, compile: bool = False) -> dict[str, Any]:
+    """Times and accuracy, as a flat dict (``*_ms`` / ``*_s`` / ``*_gib`` keys); ``compile``: ours with its
+    block pieces through ``torch.compile`` (:mod:`videosys.models.compile`; the warm-up calls compile)."""
     from diffusers import (
         LatteTransformer3DModel,
         PyramidAttentionBroadcastConfig,
@@ -38,12 +39,17 @@ def compare_latte(dtype: torch.dtype = torch.float16, frames: int = 16, size: in
     ref = LatteTransformer3DModel(**{**dataclasses.asdict(config), "video_length": frames})
     ref.load_state_dict(ours.state_dict())
     ref = ref.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if compile:
+        from ..models.compile import compile_pieces
+
+        compile_pieces(ours)
     lat = size // 8
     gen = torch.Generator(device=device).manual_seed(1)
     x = torch.randn(2, 4, frames, lat, lat, device=device, generator=gen).to(dtype)
     text = torch.randn(2, text_tokens, 4096, device=device, generator=gen).to(dtype)
     t500 = torch.full((2,), 500, device=device, dtype=torch.long)
-    out: dict[str, Any] = {"latent": [2, 4, frames, lat, lat], "dtype": str(dtype).removeprefix("torch.")}
+    out: dict[str, Any] = {"latent": [2, 4, frames, lat, lat], "dtype": str(dtype).removeprefix("torch."),
+                           "ours_compiled": compile}
     preset = default_registry().get("latte").load_config().pab.get("pab236")
     current = {"t": 999}
     with torch.inference_mode():

@@ -23,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--compare-diffusers", action="store_true",
                    help="also time our Latte transformer against diffusers' on the same weights")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile our denoisers' block pieces (the warm-up requests compile; default off)")
     p.add_argument("--json", default=None, help="write the results here")
     from ..cli import add_pool_arguments
 
@@ -41,13 +43,14 @@ def run_bench_command(args: argparse.Namespace) -> int:
     out: dict[str, object] = {}
     for model in [m for m in args.model.split(",") if m]:
         report = run_bench(model, pab=presets, repeats=args.repeats, warmup=args.warmup, overrides=overrides,
-                           device=args.device, weights=args.weights, engine_kwargs=pool_kwargs(args))
+                           device=args.device, weights=args.weights,
+                           engine_kwargs={**pool_kwargs(args), "compile": args.compile})
         print(report.markdown() + "\n")
         out[model] = report.as_dict()
     if args.compare_diffusers:
         from ..bench.latte_vs_diffusers import compare_latte
 
-        cmp = compare_latte()
+        cmp = compare_latte(compile=args.compile)
         print("| Latte-1 transformer (fp16) | ours | diffusers | ours speedup |\n|---|---|---|---|")
         print(f"| one step (ms) | {cmp['ours_step_ms']:.1f} | {cmp['diffusers_step_ms']:.1f} | {cmp['step_speedup']:.2f}x |")
         print(f"| 50 calls, no PAB (s) | {cmp['ours_nopab_loop_s']:.2f} | {cmp['diffusers_nopab_loop_s']:.2f} | "

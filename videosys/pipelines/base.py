@@ -30,6 +30,8 @@ class Pipeline(ABC):
 
     #: subfolders a checkpoint of this pipeline must have
     components: Sequence[str] = ()
+    #: whether the denoiser's block pieces run through torch.compile (:meth:`enable_compile`)
+    compile_denoiser: bool = False
     parallel: ParallelState
     device: torch.device
 
@@ -37,6 +39,14 @@ class Pipeline(ABC):
     @abstractmethod
     def load(cls, checkpoint: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype,
              parallel: ParallelState | None = None) -> Pipeline: ...
+
+    def enable_compile(self) -> None:
+        """Run the denoiser's broadcastable block pieces through ``torch.compile`` from now on (a transformer
+        loaded later, e.g. another Open-Sora-Plan variant, is compiled too)."""
+        from videosys.models.compile import compile_pieces
+
+        self.compile_denoiser = True
+        compile_pieces(self.transformer)
 
     def check(self, request: GenerationRequest) -> None:
         """Raise if this loaded checkpoint or layout cannot serve ``request`` (called for every request

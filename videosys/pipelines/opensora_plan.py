@@ -121,6 +121,10 @@ class OpenSoraPlanPipeline(LattePipeline):
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self.transformer = self._load_transformer(folder, self.dtype, self.device)
+        if self.compile_denoiser:
+            from videosys.models.compile import compile_pieces
+
+            compile_pieces(self.transformer)
         self.loaded_variant = key
         return self.transformer
 

@@ -31,6 +31,7 @@ class PipelineSpec:
     device: str  # "cpu", "cuda" (rank r of a node takes its r-th visible GPU) or "cuda:N"
     dtype: torch.dtype
     random_of: str | None = None  # random full-size weights of this model (rebuilt where the folder is missing)
+    compile: bool = False  # torch.compile the denoiser's block pieces (videosys.models.compile)
 
     def device_for(self, local_rank: int = 0) -> torch.device:
         device = torch.device(self.device)
@@ -49,7 +50,10 @@ class PipelineSpec:
             from ..io.random_checkpoint import random_checkpoint
 
             checkpoint = random_checkpoint(self.random_of)
-        return cls.load(checkpoint, self.config, device, self.dtype, parallel=parallel)
+        pipeline = cls.load(checkpoint, self.config, device, self.dtype, parallel=parallel)
+        if self.compile:
+            pipeline.enable_compile()
+        return pipeline
 
 
 def run_rank(rank: int, world_size: int, spec: PipelineSpec, parallel: ParallelConfig,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -114,6 +115,9 @@ class LatteBlock(nn.Module):
     Parameter names match diffusers' ``BasicTransformerBlock``: ``norm1``, ``attn1``, ``norm2``,
     ``attn2`` (only with ``cross_attention_dim``), ``ff.net.0.proj``, ``ff.net.2``, ``scale_shift_table``.
     """
+
+    #: the broadcastable pieces :func:`videosys.models.compile.compile_pieces` compiles
+    compile_pieces: ClassVar[tuple[str, ...]] = ("self_attention", "cross_attention", "mlp")
 
     def __init__(
         self,

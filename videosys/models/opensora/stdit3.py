@@ -372,6 +372,9 @@ class STDiT3Block(nn.Module):
     ``x`` is always ``[B, T*S, C]`` (frame-major); the block regroups it for its self-attention.
     """
 
+    #: the broadcastable pieces :func:`videosys.models.compile.compile_pieces` compiles
+    compile_pieces: ClassVar[tuple[str, ...]] = ("self_attention", "cross_attention", "feed_forward")
+
     def __init__(self, hidden_size: int, num_heads: int, mlp_hidden: int, qk_norm: bool, temporal: bool) -> None:
         super().__init__()
         self.temporal = temporal
