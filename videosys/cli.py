@@ -44,6 +44,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default=None, help="output .mp4, .gif, or a folder for PNG frames")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the denoiser's block pieces (faster on a GPU after a first, slower request)")
+    p.add_argument("--offload-text-encoder", action="store_true",
+                   help="keep the text encoder in host memory, on the device only while it encodes")
     add_pool_arguments(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -116,7 +118,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if out.suffix and out.suffix.lower() not in (".mp4", ".gif"):
         raise ValueError(f"output: suffix {out.suffix!r} not allowed (allowed: .mp4, .gif, or a folder for PNG frames)")
     engine = VideoSysEngine(model=args.model, weights=args.weights, device=args.device, dtype=args.dtype,
-                            pab=args.pab, progress=not args.no_progress, compile=args.compile, **pool_kwargs(args))
+                            pab=args.pab, progress=not args.no_progress, compile=args.compile,
+                            offload_text_encoder=args.offload_text_encoder, **pool_kwargs(args))
     with engine:
         return _generate_with(engine, args, out)
 

@@ -78,7 +78,9 @@ class VideoSysEngine:
     Use the engine as a context manager, or call :meth:`shutdown`, to stop the pool.
     ``compile=True`` runs the denoiser's block pieces through ``torch.compile`` on every rank
     (:mod:`videosys.models.compile`; the first request of each size pays the compilation; outputs move within
-    the dtype's rounding).
+    the dtype's rounding). ``offload_text_encoder=True`` keeps the text encoder in pinned host memory and puts
+    it on the device only to encode a prompt (:mod:`videosys.models.offload`: its memory stays free for
+    denoising, for one host-to-device copy per request).
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class VideoSysEngine:
         placement: str = "pack",
         timeout_s: float = 1800.0,
         compile: bool = False,
+        offload_text_encoder: bool = False,
     ) -> None:
         layout = PoolLayout(world_size, ParallelConfig(sp=sp, cfg=cfg_parallel))  # bad layouts fail first
         pool = world_size > 1 or ray_address is not None
@@ -123,6 +126,7 @@ class VideoSysEngine:
         self.progress = progress
         self.random_weights = random_weights
         self.compile = bool(compile)
+        self.offload_text_encoder = bool(offload_text_encoder)
         spec = self.pipeline_spec()
         self.layout = layout
         self._executor: Executor = (RayExecutor(spec, layout, address=ray_address, placement=placement,
@@ -134,7 +138,8 @@ class VideoSysEngine:
         """What a rank needs to build this engine's pipeline (picklable; used by the parallel runners)."""
         return PipelineSpec(pipeline=self.spec.pipeline, checkpoint=self.checkpoint, config=self.config,
                             device=str(self.device), dtype=self.dtype,
-                            random_of=self.spec.name if self.random_weights else None, compile=self.compile)
+                            random_of=self.spec.name if self.random_weights else None, compile=self.compile,
+                            offload_text_encoder=self.offload_text_encoder)
 
     @property
     def model(self) -> str:

@@ -25,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also time our Latte transformer against diffusers' on the same weights")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile our denoisers' block pieces (the warm-up requests compile; default off)")
+    p.add_argument("--offload-text-encoder", action="store_true",
+                   help="text encoder in host memory between requests (its copy to the GPU is timed with it)")
     p.add_argument("--json", default=None, help="write the results here")
     from ..cli import add_pool_arguments
 
@@ -44,7 +46,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
     for model in [m for m in args.model.split(",") if m]:
         report = run_bench(model, pab=presets, repeats=args.repeats, warmup=args.warmup, overrides=overrides,
                            device=args.device, weights=args.weights,
-                           engine_kwargs={**pool_kwargs(args), "compile": args.compile})
+                           engine_kwargs={**pool_kwargs(args), "compile": args.compile,
+                                          "offload_text_encoder": args.offload_text_encoder})
         print(report.markdown() + "\n")
         out[model] = report.as_dict()
     if args.compare_diffusers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -13,10 +14,13 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import RequestError
+from ..models.offload import DeviceVisits
 from ..pab import PABRun, PABScheduler
 from ..parallel import ParallelState, comm
 from ..request import GenerationRequest
 from ..result import GenerationResult
+
+logger = logging.getLogger(__name__)
 
 
 class Pipeline(ABC):
@@ -32,6 +36,8 @@ class Pipeline(ABC):
     components: Sequence[str] = ()
     #: whether the denoiser's block pieces run through torch.compile (:meth:`enable_compile`)
     compile_denoiser: bool = False
+    #: the text encoder's host copies while it is offloaded (:meth:`enable_text_encoder_offload`)
+    text_encoder_visits: DeviceVisits | None = None
     parallel: ParallelState
     device: torch.device
 
@@ -47,6 +53,25 @@ class Pipeline(ABC):
 
         self.compile_denoiser = True
         compile_pieces(self.transformer)
+
+    def enable_text_encoder_offload(self) -> None:
+        """Keep the text encoder in (pinned) host memory and put it on the device only while it encodes
+        (:mod:`videosys.models.offload`); a no-op on ranks without one (on a CPU device the visits copy
+        nothing)."""
+        encoder = getattr(self, "text_encoder", None)
+        if encoder is None or self.text_encoder_visits is not None:
+            return
+        self.text_encoder_visits = DeviceVisits(encoder)
+        logger.info("text encoder offloaded to host memory (%.2f GiB)", self.text_encoder_visits.nbytes / 2**30)
+
+    @contextmanager
+    def text_encoder_on_device(self) -> Iterator[None]:
+        """The ``with`` body may run the text encoder: on the device, also when it is offloaded."""
+        if self.text_encoder_visits is None:
+            yield
+            return
+        with self.text_encoder_visits.on(self.device):
+            yield
 
     def check(self, request: GenerationRequest) -> None:
         """Raise if this loaded checkpoint or layout cannot serve ``request`` (called for every request

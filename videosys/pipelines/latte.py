@@ -80,7 +80,8 @@ class LattePipeline(Pipeline):
             truncation=True, return_attention_mask=True, add_special_tokens=True, return_tensors="pt",
         )
         mask = tokens.attention_mask.to(self.device)
-        hidden = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0].to(self.dtype)
+        with self.text_encoder_on_device():
+            hidden = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0].to(self.dtype)
         length = int(mask[0].sum().item())  # one host read per request, outside the denoise loop
         hidden = hidden[:, :length]
         return hidden[:1], (hidden[1:] if len(texts) > 1 else None)

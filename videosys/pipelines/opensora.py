@@ -82,7 +82,8 @@ class OpenSoraPipeline(Pipeline):
             truncation=True, return_attention_mask=True, add_special_tokens=True, return_tensors="pt",
         )
         mask = tokens.attention_mask.to(self.device)
-        hidden = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
+        with self.text_encoder_on_device():
+            hidden = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
         return hidden.to(self.dtype), mask
 
     def denoise(self, request: GenerationRequest, text: torch.Tensor, mask: torch.Tensor,

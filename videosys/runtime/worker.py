@@ -32,6 +32,7 @@ class PipelineSpec:
     dtype: torch.dtype
     random_of: str | None = None  # random full-size weights of this model (rebuilt where the folder is missing)
     compile: bool = False  # torch.compile the denoiser's block pieces (videosys.models.compile)
+    offload_text_encoder: bool = False  # text encoder in host memory between requests (videosys.models.offload)
 
     def device_for(self, local_rank: int = 0) -> torch.device:
         device = torch.device(self.device)
@@ -53,6 +54,8 @@ class PipelineSpec:
         pipeline = cls.load(checkpoint, self.config, device, self.dtype, parallel=parallel)
         if self.compile:
             pipeline.enable_compile()
+        if self.offload_text_encoder:
+            pipeline.enable_text_encoder_offload()
         return pipeline
 
 
