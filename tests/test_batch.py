@@ -236,6 +236,14 @@ def test_prompt_files_with_overrides(tiny_latte_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_engine_options_reach_the_engine(tiny_latte_dir, tmp_path):
+    config = make_config(tiny_latte_dir, tmp_path / "out", ["a cat"],
+                         model={"weights": str(tiny_latte_dir), "device": "cpu", "compile": True,
+                                "offload_text_encoder": True})
+    spec = prepare_batch(write_yaml(tmp_path / "opts.yaml", config)).engine.pipeline_spec()
+    assert spec.compile and spec.offload_text_encoder
+
+
 def test_dotted_overrides_parse():
     assert parse_override("sampling.steps=2") == (["sampling", "steps"], 2)
     assert parse_override("prompts[1].seed=5") == (["prompts", 1, "seed"], 5)
@@ -263,6 +271,8 @@ BAD_CASES = {
         "sampling.frames: 17 not allowed (allowed: 1, 4 for latte)"]),
     "bad model": ({"model": {"name": "sora"}}, [
         "model.name: 'sora' is not registered (allowed: latte, opensora, opensora-plan)"]),
+    "bad engine option": ({"model": {"compile": "yes"}}, [
+        "model.compile: 'yes' not allowed (allowed: true or false)"]),
     "clashing output names": ({"output": {"name": "{slug}"}, "prompts": ["a cat", "a cat"]}, [
         "output.name: '{slug}' gives 'a-cat.mp4' for both prompts[0] and prompts[1]; add {index} or {variant}"]),
 }

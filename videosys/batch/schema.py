@@ -22,12 +22,16 @@ NAME_FIELDS: tuple[str, ...] = ("index", "prompt_index", "variant", "seed", "slu
 @dataclass
 class ModelSection:
     """Which model runs: a registered name, a checkpoint folder or hub id (``None``: the model's bundled
-    default), and the device/dtype (``None``: the engine's defaults)."""
+    default), the device/dtype (``None``: the engine's defaults), and the engine's speed/memory options
+    (``compile``: torch.compile of the denoiser's block pieces; ``offload_text_encoder``: the text encoder in
+    host memory between prompts)."""
 
     name: str = "latte"
     weights: str | None = None
     device: str | None = None
     dtype: str | None = None
+    compile: bool = False
+    offload_text_encoder: bool = False
 
 
 @dataclass
