@@ -517,7 +517,8 @@ def load_earlier_transformer(model: torch.nn.Module, folder: Path, sizes: DemoSi
     if not (where / "config.json").is_file():
         raise FileNotFoundError(f"--transformer-from {folder}: no transformer there (expected {where / 'config.json'})")
     want = transformer_config(sizes)
-    got = {k: read_config(where).get(k) for k in want}
+    config = read_config(where)
+    got = {k: config.get(k) for k in want}
     if got != want:
         raise ValueError(f"--transformer-from {folder}: transformer config {got} differs from this preset's {want}")
     state = check_state_dict(model, load_state_dict(find_weights(where)), source=str(where))
