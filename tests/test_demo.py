@@ -202,7 +202,7 @@ def test_transformer_from_continues_an_earlier_checkpoint(tmp_path: Path) -> Non
     from videosys.demo.train import main
 
     first, second = tmp_path / "first", tmp_path / "second"
-    common = ["--minutes", "0.1", "--device", "cpu", "--clips", "8", "-q"]
+    common = ["--minutes", "1", "--vae-steps", "2", "--steps", "2", "--device", "cpu", "--clips", "8", "-q"]
     assert main(["--out", str(first), *common]) == 0
     # zero steps of continuation would be a copy; two steps at a zero learning rate keep every weight
     assert main(["--out", str(second), *common, "--vae-from", str(first), "--transformer-from", str(first),
