@@ -12,7 +12,10 @@ Latte / Open-Sora-Plan block: ``self_attention``, ``cross_attention``, ``mlp``),
 
 Blocks of one kind share their code object and shapes, so every block of a model reuses one compiled
 graph per piece and block kind (torch inlines the module's parameters as graph inputs).  Shapes are static
-per request size (``dynamic=False``); a new size compiles once more.  Numerics: Inductor may fuse and
+per request size (``dynamic=False``); a new size compiles once more (after torch's recompile limit, 8 sizes
+per piece in one process, further sizes run those pieces eagerly).  Under sequence parallel the all-to-alls
+stay outside the graphs (:func:`videosys.parallel.comm.all_to_all` hands them to a
+``torch.compiler.disable``-d function), so each spatial piece is two graphs around its collectives.  Numerics: Inductor may fuse and
 reorder floating-point work, so outputs differ from eager mode within the dtype's rounding; that is why it
 is a flag, off by default.
 """

@@ -58,6 +58,14 @@ def all_to_all(x: torch.Tensor, state: ParallelState, scatter_dim: int, gather_d
     they send along ``gather_dim``, dropping that dimension's padding (``gather_size`` = its true size)."""
     if not state.sp_enabled:
         return x
+    return _sp_all_to_all(x, state, scatter_dim, gather_dim, gather_size)
+
+
+# Outside torch.compile's graphs (videosys.models.compile): the collective and its byte counter would make
+# Dynamo break the graph here anyway and guard on the counter's value (a recompile on every call).
+@torch.compiler.disable
+def _sp_all_to_all(x: torch.Tensor, state: ParallelState, scatter_dim: int, gather_dim: int,
+                   gather_size: int) -> torch.Tensor:
     import torch.distributed as dist
 
     p = state.sp_size
