@@ -214,4 +214,4 @@ def _bench(engine: Any, pab: Sequence[str] | None, repeats: int, warmup: int, ov
                                 "guidance": req.guidance, "dtype": str(engine.dtype).removeprefix("torch.")},
                        denoiser_calls=calls, gemm_tflops=gemm, call_tflop=call_flops / 1e12,
                        floor_call_ms=floor_ms, settings=results, layout=engine.layout.describe(),
-                       compiled=bool(getattr(engine, "compile", False)))
+                       compiled=engine.compile)

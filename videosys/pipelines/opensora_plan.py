@@ -122,9 +122,7 @@ class OpenSoraPlanPipeline(LattePipeline):
             torch.cuda.empty_cache()
         self.transformer = self._load_transformer(folder, self.dtype, self.device)
         if self.compile_denoiser:
-            from videosys.models.compile import compile_pieces
-
-            compile_pieces(self.transformer)
+            self.enable_compile()  # the new transformer's pieces too
         self.loaded_variant = key
         return self.transformer
 

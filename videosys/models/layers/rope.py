@@ -14,13 +14,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-__all__ = ["RotaryEmbedding", "apply_rotary", "rotate_pairs"]
-
-
-def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
-    """``(x[2i], x[2i+1]) -> (-x[2i+1], x[2i])`` along the last dimension."""
-    pairs = x.unflatten(-1, (-1, 2))
-    return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+__all__ = ["RotaryEmbedding", "apply_rotary"]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -28,7 +22,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
     Computed in float32 and cast back to ``x.dtype``, as one complex multiplication per channel pair
     ``(x[2i] + i x[2i+1]) * (cos + i sin)``: three passes over ``x`` (widen, multiply, narrow) where
-    ``x * cos + rotate_pairs(x) * sin`` takes eight; the same products and sums.
+    the real form ``x * cos + (-x[2i+1], x[2i]) * sin`` takes eight; the same products and sums.
     """
     xf = x.float()
     if xf.stride(-1) != 1 or any(stride % 2 for stride in xf.stride()[:-1]):
