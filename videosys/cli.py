@@ -29,6 +29,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint folder, hub id, or 'random' (official sizes, random weights: benchmarks) "
                         "(default: the model's bundled checkpoint)")
     p.add_argument("--pab", default="none", help="PAB preset name, 'default', a YAML file, or 'none' (default: none)")
+    add_pab_cache_argument(p)
     p.add_argument("--steps", type=int, default=None, help="denoising steps")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (<= 1 disables CFG)")
     p.add_argument("--seed", type=int, default=None, help="random seed")
@@ -49,6 +50,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     add_pool_arguments(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_pab_cache_argument(p: argparse.ArgumentParser) -> None:
+    """``--pab-cache``: the format PAB keeps outputs in (videosys.pab.kept)."""
+    from .pab.config import CACHE_FORMATS
+
+    p.add_argument("--pab-cache", default=None, choices=CACHE_FORMATS,
+                   help="how PAB keeps outputs for its broadcasts: native (default) or int8 (about half the memory)")
 
 
 def add_pool_arguments(p: argparse.ArgumentParser) -> None:
@@ -99,7 +108,7 @@ def _format_summary(result, path: Path) -> str:
     lines.append(
         "timings    " + ", ".join(f"{k} {t[k]:.2f}s" for k in ("text_encoder", "denoise", "vae_decode", "total") if k in t)
     )
-    lines.append(f"pab        {result.request.pab.name}")
+    lines.append(f"pab        {result.request.pab.label}")
     for kind, counts in result.pab_stats.items():
         total = counts["computed"] + counts["broadcast"]
         lines.append(f"  {kind:<9}{counts['broadcast']:>6} broadcast / {total:>6} calls")
@@ -113,12 +122,14 @@ def _format_summary(result, path: Path) -> str:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .engine import VideoSysEngine
+    from .pab import with_cache_format
 
     out = Path(args.output) if args.output else Path("outputs") / f"{_slug(args.prompt)}.mp4"
     if out.suffix and out.suffix.lower() not in (".mp4", ".gif"):
         raise ValueError(f"output: suffix {out.suffix!r} not allowed (allowed: .mp4, .gif, or a folder for PNG frames)")
     engine = VideoSysEngine(model=args.model, weights=args.weights, device=args.device, dtype=args.dtype,
-                            pab=args.pab, progress=not args.no_progress, compile=args.compile,
+                            pab=with_cache_format(args.pab, args.pab_cache), progress=not args.no_progress,
+                            compile=args.compile,
                             offload_text_encoder=args.offload_text_encoder, **pool_kwargs(args))
     with engine:
         return _generate_with(engine, args, out)

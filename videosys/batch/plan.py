@@ -77,6 +77,8 @@ def resolve_pab_setting(value: Any, engine: VideoSysEngine, base_dir: Path, wher
     """(PABConfig, None) or (None, error) for a config or entry ``pab`` value."""
     from ..pab import PABConfigError, resolve_pab
 
+    if isinstance(value, Mapping) and "preset" in value:  # {preset: NAME or YAML path, cache: FORMAT}
+        value = {**value, "preset": resolve_input_path(value["preset"], base_dir)}
     try:
         return resolve_pab(resolve_input_path(value, base_dir), engine.config.pab), None
     except PABConfigError as exc:

@@ -136,9 +136,10 @@ def _denoiser(engine: Any) -> torch.nn.Module:
 def run_bench(model: str, *, pab: Sequence[str] | None = None, repeats: int = 3, warmup: int = 1,
               overrides: dict[str, Any] | None = None, device: str = "cuda", dtype: str | None = None,
               weights: str = "random", prompt: str = "a red panda eating bamboo in a misty forest",
-              engine_kwargs: dict[str, Any] | None = None) -> BenchReport:
+              engine_kwargs: dict[str, Any] | None = None, pab_cache: str | None = None) -> BenchReport:
     """Benchmark ``model`` with PAB off and each of ``pab`` (default: every preset of the model);
-    ``engine_kwargs`` are the engine's pool options (``world_size``, ``sp``, ``cfg_parallel``, ...)."""
+    ``engine_kwargs`` are the engine's pool options (``world_size``, ``sp``, ``cfg_parallel``, ...);
+    ``pab_cache``: the format the presets keep outputs in (:mod:`videosys.pab.kept`; default native)."""
     from ..engine import VideoSysEngine
 
     if not torch.cuda.is_available() and device.startswith("cuda") and not (engine_kwargs or {}).get("ray_address"):
@@ -146,15 +147,21 @@ def run_bench(model: str, *, pab: Sequence[str] | None = None, repeats: int = 3,
     engine = VideoSysEngine(model, weights=weights, device=device, dtype=dtype, progress=False,
                             **(engine_kwargs or {}))
     try:
-        return _bench(engine, pab, repeats, warmup, dict(overrides or {}), prompt)
+        return _bench(engine, pab, repeats, warmup, dict(overrides or {}), prompt, pab_cache)
     finally:
         engine.shutdown()
 
 
 def _bench(engine: Any, pab: Sequence[str] | None, repeats: int, warmup: int, overrides: dict[str, Any],
-           prompt: str) -> BenchReport:
-    settings = ["none", *(pab if pab is not None else sorted(engine.config.pab.presets))]
-    requests = {name: engine.make_request(prompt, pab=name, **overrides) for name in settings}
+           prompt: str, pab_cache: str | None = None) -> BenchReport:
+    from ..pab import with_cache_format
+
+    presets = pab if pab is not None else sorted(engine.config.pab.presets)
+    requests = {"none": engine.make_request(prompt, pab="none", **overrides)}
+    for preset in presets:
+        request = engine.make_request(prompt, pab=with_cache_format(preset, pab_cache), **overrides)
+        requests[request.pab.label] = request
+    settings = list(requests)
     dev = engine.device
     local = engine.layout.world_size == 1
     cuda = dev.type == "cuda" and local

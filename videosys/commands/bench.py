@@ -13,9 +13,12 @@ logger = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..cli import add_pab_cache_argument
+
     p = sub.add_parser("bench", help="benchmark a model on the GPU (random full-size weights, no download)")
     p.add_argument("--model", default="opensora", help="comma-separated model names (default: opensora)")
     p.add_argument("--pab", default=None, help="comma-separated PAB presets besides 'none' (default: every preset)")
+    add_pab_cache_argument(p)
     p.add_argument("--repeats", type=int, default=3, help="timed requests per setting (median)")
     p.add_argument("--warmup", type=int, default=1, help="untimed requests per setting first")
     p.add_argument("--steps", type=int, default=None, help="override the paper's step count (shorter runs)")
@@ -45,7 +48,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     out: dict[str, object] = {}
     for model in [m for m in args.model.split(",") if m]:
         report = run_bench(model, pab=presets, repeats=args.repeats, warmup=args.warmup, overrides=overrides,
-                           device=args.device, weights=args.weights,
+                           device=args.device, weights=args.weights, pab_cache=args.pab_cache,
                            engine_kwargs={**pool_kwargs(args), "compile": args.compile,
                                           "offload_text_encoder": args.offload_text_encoder})
         print(report.markdown() + "\n")

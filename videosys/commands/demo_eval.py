@@ -17,6 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None, help="checkpoint folder (default: the model's bundled checkpoint)")
     p.add_argument("--pab", default="none",
                    help="PAB preset to compare against PAB off (adherence and PSNR), or 'none' (default: none)")
+    from videosys.cli import add_pab_cache_argument
+
+    add_pab_cache_argument(p)
     p.add_argument("--n", type=int, default=None, help="number of prompts (default: each held-out combination once)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first prompt; prompt i uses seed + i (default 0)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -34,14 +37,16 @@ def run(args: argparse.Namespace) -> int:
     """Handler of ``videosys eval`` (returns the exit code)."""
     from videosys.demo.eval import compare_pab, evaluate, held_out_prompts
     from videosys.engine import VideoSysEngine
+    from videosys.pab import with_cache_format
 
     prompts = held_out_prompts(args.n, seed=args.seed)
     engine = VideoSysEngine(model=args.model, weights=args.weights, device=args.device, progress=False)
     try:
         compare = str(args.pab).lower() not in ("none", "off", "")
         if compare:
-            engine.make_request(prompts[0].prompt, pab=args.pab)  # validate the preset before any work
-            out = compare_pab(engine, prompts, args.pab)
+            # validated before any work; the resolved config carries the cache format and its label
+            pab = engine.make_request(prompts[0].prompt, pab=with_cache_format(args.pab, args.pab_cache)).pab
+            out = compare_pab(engine, prompts, pab)
             payload = {"off": out["off"].to_dict(), "pab": out["pab"].to_dict(), "psnr": out["psnr"],
                        "adherence_drop": out["adherence_drop"]}
             reports = [out["off"], out["pab"]]

@@ -96,7 +96,7 @@ def evaluate(engine: Any, prompts: Sequence[EvalPrompt], pab: Any = None) -> Eva
     if not prompts:
         raise ValueError("prompts: empty (allowed: a non-empty list)")
     videos, seconds = _generate(engine, prompts, pab)
-    name = "default" if pab is None else str(getattr(pab, "name", pab))
+    name = "default" if pab is None else str(getattr(pab, "label", pab))
     return _report(prompts, videos, name, seconds)
 
 
@@ -108,7 +108,7 @@ def compare_pab(engine: Any, prompts: Sequence[EvalPrompt], pab: Any) -> dict[st
     off_videos, off_seconds = _generate(engine, prompts, "none")
     on_videos, on_seconds = _generate(engine, prompts, pab)
     off = _report(prompts, off_videos, "none", off_seconds)
-    on = _report(prompts, on_videos, str(getattr(pab, "name", pab)), on_seconds)
+    on = _report(prompts, on_videos, str(getattr(pab, "label", pab)), on_seconds)
     values = [psnr(a, b) for a, b in zip(off_videos, on_videos)]
     finite = [v for v in values if math.isfinite(v)]
     for item, value in zip(on.items, values):

@@ -9,6 +9,7 @@ from .config import (
     PABConfigError,
     PABPresets,
     resolve_pab,
+    with_cache_format,
 )
 from .run import PABObserver, PABRun, PABStats, run_module
 from .scheduler import PABPlan, PABScheduler
@@ -28,4 +29,5 @@ __all__ = [
     "PABStats",
     "resolve_pab",
     "run_module",
+    "with_cache_format",
 ]

@@ -8,12 +8,14 @@ which timesteps. It holds no tensors and no state: the per-request state lives i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 ATTENTION_KINDS: tuple[str, ...] = ("spatial", "temporal", "cross")
 ALL_KINDS: tuple[str, ...] = ATTENTION_KINDS + ("mlp",)
+#: How kept outputs wait for their broadcasts (:mod:`videosys.pab.kept`).
+CACHE_FORMATS: tuple[str, ...] = ("native", "int8")
 
 
 class PABConfigError(ValueError):
@@ -72,13 +74,25 @@ class MLPBroadcast:
 
 @dataclass(frozen=True)
 class PABConfig:
-    """The whole PAB setting of one request. A kind set to ``None`` is never broadcast."""
+    """The whole PAB setting of one request. A kind set to ``None`` is never broadcast. ``cache`` is the
+    format kept outputs wait in between a compute and its broadcasts (:mod:`videosys.pab.kept`:
+    ``"native"``, the reference, or ``"int8"``, about half the memory)."""
 
     name: str = "custom"
     spatial: AttentionBroadcast | None = None
     temporal: AttentionBroadcast | None = None
     cross: AttentionBroadcast | None = None
     mlp: MLPBroadcast | None = None
+    cache: str = "native"
+
+    def __post_init__(self) -> None:
+        if self.cache not in CACHE_FORMATS:
+            raise PABConfigError(f"pab.cache: {self.cache!r} not allowed (allowed: {', '.join(CACHE_FORMATS)})")
+
+    @property
+    def label(self) -> str:
+        """The name, with the cache format when it is not the native one (``pab246+int8``)."""
+        return self.name if self.cache == "native" else f"{self.name}+{self.cache}"
 
     @property
     def enabled(self) -> bool:
@@ -98,12 +112,12 @@ class PABConfig:
         """Build from the YAML shape documented in docs/pab.md.
 
         Either per kind ``{window: [lo, hi], range: r}``, or a shared ``window`` with per-kind ranges
-        (``spatial_range``...), and an optional ``mlp: {timesteps, blocks, skip_count, match}``.
-        A kind given as ``null``/``false`` or with no range is off.
+        (``spatial_range``...), an optional ``mlp: {timesteps, blocks, skip_count, match}`` and an optional
+        ``cache`` format. A kind given as ``null``/``false`` or with no range is off.
         """
         if not isinstance(data, Mapping):
             raise PABConfigError(f"pab: expected a mapping, got {type(data).__name__}")
-        allowed = {"name", "window", "mlp", *ATTENTION_KINDS, *(f"{k}_range" for k in ATTENTION_KINDS)}
+        allowed = {"name", "window", "mlp", "cache", *ATTENTION_KINDS, *(f"{k}_range" for k in ATTENTION_KINDS)}
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise PABConfigError(f"pab: unknown key(s) {unknown} (allowed: {sorted(allowed)})")
@@ -125,7 +139,8 @@ class PABConfig:
             kinds[kind] = _attention_from(spec, kind)
         mlp_spec = data.get("mlp")
         mlp = None if mlp_spec in (None, False) else _mlp_from(mlp_spec)
-        return cls(name=str(data.get("name", name)), mlp=mlp, **kinds)
+        return cls(name=str(data.get("name", name)), mlp=mlp, cache=_cache_format(data.get("cache", "native")),
+                   **kinds)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "PABConfig":
@@ -148,7 +163,22 @@ class PABConfig:
             spec = getattr(self, kind)
             out[kind] = None if spec is None else {"window": list(spec.window), "range": spec.range}
         out["mlp"] = None if self.mlp is None else {**asdict(self.mlp), "timesteps": list(self.mlp.timesteps), "blocks": list(self.mlp.blocks)}
+        if self.cache != "native":  # absent when native: request hashes (batch resume) stay as they were
+            out["cache"] = self.cache
         return out
+
+
+def with_cache_format(pab: Any, cache: str | None) -> Any:
+    """``pab`` as a user gave it (preset name, YAML path, ...) with its kept outputs in ``cache`` format:
+    the ``{"preset": ..., "cache": ...}`` mapping :func:`resolve_pab` reads; ``pab`` itself when ``cache``
+    is ``None``."""
+    return pab if cache is None else {"preset": pab, "cache": cache}
+
+
+def _cache_format(value: Any) -> str:
+    if not isinstance(value, str) or value not in CACHE_FORMATS:
+        raise PABConfigError(f"pab.cache: {value!r} not allowed (allowed: {', '.join(CACHE_FORMATS)})")
+    return value
 
 
 def _number_pair(value: Any, where: str) -> tuple[float, float]:
@@ -226,13 +256,25 @@ class PABPresets:
 
 def resolve_pab(pab: Any, presets: PABPresets) -> PABConfig:
     """Turn what a user passed as ``pab`` into a config: ``None``/``"none"``/``False`` switch PAB off;
-    a preset name, ``"default"``, a path to a YAML file, a mapping or a :class:`PABConfig`."""
+    a preset name, ``"default"``, a path to a YAML file, a mapping or a :class:`PABConfig`.
+
+    A mapping with a ``preset`` key names a preset (or YAML file) and changes its ``cache`` format, e.g.
+    ``{"preset": "pab246", "cache": "int8"}``; any other mapping is a whole config (:meth:`PABConfig.from_dict`).
+    """
     if pab is None or pab is False or (isinstance(pab, str) and pab.lower() in ("none", "off", "")):
         return PABConfig.disabled()
     if pab is True:
         return presets.get("default")
     if isinstance(pab, PABConfig):
         return pab
+    if isinstance(pab, Mapping) and "preset" in pab:
+        unknown = sorted(set(pab) - {"preset", "cache"})
+        if unknown:
+            raise PABConfigError(f"pab: unknown key(s) {unknown} next to 'preset' (allowed: preset, cache)")
+        base = resolve_pab(pab["preset"], presets)
+        if not base.enabled:
+            return base
+        return replace(base, cache=_cache_format(pab.get("cache", base.cache)))
     if isinstance(pab, Mapping):
         return PABConfig.from_dict(pab)
     if isinstance(pab, (str, Path)):

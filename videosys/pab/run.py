@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, TypeVar
 
 from .config import ALL_KINDS, ATTENTION_KINDS
+from .kept import keep as keep_output
+from .kept import kept_nbytes, restore
 from .scheduler import MLP_REUSE, MLP_STORE, PABPlan
 
 T = TypeVar("T")
@@ -43,15 +45,23 @@ class PABStats:
 
 
 class PABRun:
-    """PAB state of one request. Use as a context manager; leaving it drops every kept tensor."""
+    """PAB state of one request. Use as a context manager; leaving it drops every kept tensor.
 
-    def __init__(self, plan: PABPlan, config_name: str = "custom", observer: PABObserver | None = None) -> None:
+    ``cache`` is the format outputs are kept in (:mod:`videosys.pab.kept`); :attr:`kept_bytes` and
+    :attr:`peak_kept_bytes` measure what the kept outputs hold (PAB's memory overhead).
+    """
+
+    def __init__(self, plan: PABPlan, config_name: str = "custom", observer: PABObserver | None = None,
+                 cache: str = "native") -> None:
         self.plan = plan
         self.config_name = config_name
         self.observer = observer
+        self.cache_format = cache
         self.stats = PABStats()
         self._call = -1
         self._cache: dict[tuple[str, str, int], object] = {}
+        self.kept_bytes = 0
+        self.peak_kept_bytes = 0
 
     # -- call bookkeeping -------------------------------------------------------------------------
     @property
@@ -92,19 +102,25 @@ class PABRun:
             raise ValueError(f"PAB kind {kind!r} not allowed (allowed: {', '.join(ALL_KINDS)})")
         if reuse and key in self._cache:
             self.stats.broadcast[kind] += 1
-            out = self._cache[key]
+            kept = self._cache[key]
             if not self._reused_next(kind, block):
-                del self._cache[key]
-            return out  # type: ignore[return-value]
+                self._drop(key)
+            return restore(kept)  # type: ignore[no-any-return]
         out = fn()
         self.stats.computed[kind] += 1
         if self.observer is not None:
             self.observer(i, self.plan.timesteps[i], kind, site, block, out)
+        self._drop(key)
         if keep:
-            self._cache[key] = out
-        else:
-            self._cache.pop(key, None)
+            kept = keep_output(out, self.cache_format)
+            self._cache[key] = kept
+            self.kept_bytes += kept_nbytes(kept)
+            self.peak_kept_bytes = max(self.peak_kept_bytes, self.kept_bytes)
         return out
+
+    def _drop(self, key: tuple[str, str, int]) -> None:
+        if key in self._cache:
+            self.kept_bytes -= kept_nbytes(self._cache.pop(key))
 
     def _reused_next(self, kind: str, block: int) -> bool:
         nxt = self._call + 1
@@ -122,6 +138,7 @@ class PABRun:
     def close(self) -> PABStats:
         """Drop every kept output (also on an aborted request) and return the counters."""
         self._cache.clear()
+        self.kept_bytes = 0
         return self.stats
 
     def __enter__(self) -> "PABRun":

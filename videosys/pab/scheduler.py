@@ -80,7 +80,8 @@ class PABScheduler:
         """The per-request run; ``observer`` (optional) sees every computed module output."""
         from .run import PABRun
 
-        return PABRun(self.plan(call_timesteps), config_name=self.config.name, observer=observer)
+        return PABRun(self.plan(call_timesteps), config_name=self.config.name, observer=observer,
+                      cache=self.config.cache)
 
 
 def _mlp_key_calls(mlp: MLPBroadcast, ts: tuple[float, ...]) -> set[int]:

@@ -1,0 +1,111 @@
+"""The format PAB keeps outputs in (videosys.pab.kept, ``PABConfig.cache``): the int8 rows' error bound and
+memory, a run through a real model that broadcasts restored outputs, and the config / CLI plumbing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from videosys.pab import PABConfig, PABConfigError, PABPresets, PABScheduler, resolve_pab, with_cache_format
+from videosys.pab.kept import KeptInt8, keep, kept_nbytes, restore
+
+SCHEDULE = [900.0, 800.0, 700.0, 600.0, 500.0]
+PAB = {"window": [450, 950], "spatial_range": 2, "temporal_range": 3, "cross_range": 4,
+       "mlp": {"timesteps": [800], "blocks": [0], "skip_count": 2}}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_int8_rows_round_trip_within_half_a_step(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 40, 96, generator=gen) * torch.logspace(-3, 2, 96)).to(dtype)  # rows of mixed scale
+    x[1, 7] = 0  # an all-zero row
+    original = x.clone()
+    kept = keep(x, "int8")
+    assert torch.equal(x, original)  # the output itself is left as it was (it is also the step's result)
+    assert isinstance(kept, KeptInt8) and kept.values.dtype == torch.int8 and kept.scales.shape == (3, 40, 1)
+    back = restore(kept)
+    assert back.dtype == dtype and back.shape == x.shape
+    assert torch.equal(back[1, 7], x[1, 7])
+    row_max = x.float().abs().amax(dim=-1, keepdim=True)
+    dtype_step = torch.finfo(dtype).eps * x.float().abs()  # the final rounding back to a 16-bit dtype
+    err = (back.float() - x.float()).abs()
+    assert bool((err <= row_max / 254 * 1.0001 + dtype_step).all())
+    assert err.max() > 0  # it is a lossy format: the test would notice the values kept as they were
+    assert kept_nbytes(kept) == 3 * 40 * 96 + 3 * 40 * 4  # a byte per value and a float32 scale per row
+
+
+def test_native_and_non_float_outputs_are_kept_as_they_are() -> None:
+    x = torch.randn(2, 8)
+    assert keep(x, "native") is x and restore(x) is x and kept_nbytes(x) == 64
+    ids = torch.arange(6)
+    assert keep(ids, "int8") is ids
+    assert keep((x, x), "int8") == (x, x) and kept_nbytes((x, x)) == 0
+    with pytest.raises(ValueError, match=r"'fp8' not allowed \(allowed: native, int8\)"):
+        keep(x, "fp8")
+
+
+def _stdit3_calls(cache: str) -> tuple[list[torch.Tensor], dict, int]:
+    from tests.test_stdit3 import make_inputs
+    from videosys.testing.tiny_stdit3 import make_stdit3
+
+    model = make_stdit3(seed=0).eval()
+    x = make_inputs(frames=3, height=4, width=4, lens=(5, 3))
+    pab = PABConfig.from_dict({**PAB, "cache": cache})
+    outs = []
+    with torch.no_grad(), PABScheduler(pab).new_run(SCHEDULE) as run:
+        for t in SCHEDULE:
+            run.begin_call()
+            outs.append(model(**{**x, "timestep": torch.tensor([t, t])}, pab=run))
+        stats = run.stats.as_dict()
+        peak = run.peak_kept_bytes
+        assert run.kept_bytes == 0  # the last call keeps nothing: no call after it broadcasts
+    return outs, stats, peak
+
+
+def test_int8_cache_through_stdit3_same_schedule_quarter_memory_close_outputs() -> None:
+    want, want_stats, native_peak = _stdit3_calls("native")
+    got, got_stats, int8_peak = _stdit3_calls("int8")
+    assert got_stats == want_stats and sum(v["broadcast"] for v in got_stats.values()) > 0
+    # fp32 model, 64 channels: 1 byte per value plus a 4-byte scale per 64-value row, instead of 4 bytes
+    assert 0 < int8_peak == pytest.approx(native_peak * (1 + 4 / 64) / 4)
+    torch.testing.assert_close(got[0], want[0], atol=0, rtol=0)  # call 0 computes everything
+    diffs = [float((g - w).abs().max()) for g, w in zip(got[1:], want[1:])]
+    assert max(diffs) > 0  # the broadcast calls did use the int8 outputs
+    for g, w in zip(got, want):
+        assert float((g - w).abs().max()) <= 0.02 * float(w.abs().max())
+
+
+def test_cache_field_in_configs_presets_and_dicts(tmp_path) -> None:
+    presets = PABPresets.from_dict({"default": "pab236", "presets": {"pab236": {"window": [100, 800],
+                                                                                "spatial_range": 2}}})
+    cfg = resolve_pab({"preset": "pab236", "cache": "int8"}, presets)
+    assert cfg.cache == "int8" and cfg.name == "pab236" and cfg.label == "pab236+int8" and cfg.spatial.range == 2
+    assert resolve_pab(with_cache_format("default", "int8"), presets).label == "pab236+int8"
+    assert resolve_pab(with_cache_format("pab236", None), presets).label == "pab236"
+    assert resolve_pab({"preset": "none", "cache": "int8"}, presets).enabled is False
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("window: [100, 800]\ntemporal_range: 3\n")
+    assert resolve_pab({"preset": str(mine), "cache": "int8"}, presets).label == "mine+int8"
+    assert PABConfig.from_dict({"window": [1, 2], "spatial_range": 2}).to_dict().get("cache") is None
+    round_trip = PABConfig.from_dict(cfg.to_dict())
+    assert round_trip == cfg
+    with pytest.raises(PABConfigError, match=r"pab.cache: 'fp8' not allowed \(allowed: native, int8\)"):
+        resolve_pab({"preset": "pab236", "cache": "fp8"}, presets)
+    with pytest.raises(PABConfigError, match=r"pab.cache: 8 not allowed"):
+        PABConfig.from_dict({"window": [1, 2], "spatial_range": 2, "cache": 8})
+    with pytest.raises(PABConfigError, match=r"unknown key\(s\) \['spatial_range'\] next to 'preset'"):
+        resolve_pab({"preset": "pab236", "spatial_range": 3}, presets)
+    with pytest.raises(PABConfigError, match="'pab999' is not a preset"):
+        resolve_pab({"preset": "pab999", "cache": "int8"}, presets)
+
+
+def test_cli_generate_with_an_int8_pab_cache(tmp_path, capsys) -> None:
+    from videosys.cli import main
+
+    out = tmp_path / "demo.mp4"
+    assert main(["generate", "a cat", "--steps", "3", "--pab", "pab236", "--pab-cache", "int8", "--no-progress",
+                 "-o", str(out)]) == 0
+    assert "pab        pab236+int8" in capsys.readouterr().out and out.stat().st_size > 0
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "a cat", "--pab", "pab236", "--pab-cache", "fp8"])
+    assert exc.value.code == 2 and "invalid choice: 'fp8'" in capsys.readouterr().err

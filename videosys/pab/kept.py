@@ -1,0 +1,75 @@
+"""How PAB keeps a module output between the call that computes it and the calls that broadcast it.
+
+PAB's memory cost is the kept outputs: at most one per broadcastable module while a broadcast still needs
+it (Open-Sora 480p 2s: about 105 MB per module in bf16, some 100 modules; docs/benchmarks.md). The format
+is a field of the PAB setting (:attr:`videosys.pab.PABConfig.cache`):
+
+* ``"native"`` keeps the tensor as computed (the reference behaviour; the broadcast returns it unchanged);
+* ``"int8"`` keeps floating-point tensors as int8 with one float32 scale per row of the last dimension
+  (symmetric, ``scale = max|row| / 127``), and restores them to their dtype on the broadcast: about half
+  the memory of bf16/fp16 outputs and a quarter of fp32 ones, for a rounding error of at most
+  ``max|row| / 254`` per element (PAB's own approximation, reusing a stale output, is far larger; the
+  measured effect on videos is in docs/pab.md).
+
+Outputs that are not floating-point tensors are kept as they are in either format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .config import CACHE_FORMATS
+
+__all__ = ["KeptInt8", "kept_nbytes", "keep", "restore"]
+
+_INT8_MAX = 127.0
+
+
+@dataclass(frozen=True)
+class KeptInt8:
+    """An output kept as int8 rows: ``values`` (int8, the output's shape), ``scales`` (float32, the shape
+    with a last dimension of 1) and the dtype to restore."""
+
+    values: torch.Tensor
+    scales: torch.Tensor
+    dtype: torch.dtype
+
+    def restore(self) -> torch.Tensor:
+        return (self.values.to(torch.float32) * self.scales).to(self.dtype)
+
+
+def keep(output: Any, fmt: str) -> Any:
+    """``output`` in the kept format ``fmt`` (one of :data:`CACHE_FORMATS`)."""
+    if fmt == "native" or not _quantizable(output):
+        return output
+    if fmt != "int8":
+        raise ValueError(f"PAB cache format {fmt!r} not allowed (allowed: {', '.join(CACHE_FORMATS)})")
+    wide = output.detach().to(torch.float32)  # the output itself when it is float32: never written to
+    scales = wide.abs().amax(dim=-1, keepdim=True) / _INT8_MAX
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # an all-zero row stays zero
+    values = torch.round(wide / scales).clamp_(-_INT8_MAX, _INT8_MAX).to(torch.int8)
+    return KeptInt8(values=values, scales=scales, dtype=output.dtype)
+
+
+def restore(kept: Any) -> Any:
+    """The output a broadcast returns for what :func:`keep` made."""
+    return kept.restore() if isinstance(kept, KeptInt8) else kept
+
+
+def kept_nbytes(kept: Any) -> int:
+    """Bytes of device or host memory a kept output holds (0 for what is not a tensor)."""
+    if isinstance(kept, KeptInt8):
+        return _nbytes(kept.values) + _nbytes(kept.scales)
+    return _nbytes(kept) if isinstance(kept, torch.Tensor) else 0
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _quantizable(output: Any) -> bool:
+    return isinstance(output, torch.Tensor) and output.is_floating_point() and output.ndim >= 1 \
+        and output.shape[-1] > 0
