@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import logging
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -196,9 +198,10 @@ def run_case(case: Case, modes: list[str], dtype: torch.dtype, rate: float, repe
     row: dict[str, Any] = {"pieces": {}}
     with torch.inference_mode():
         for piece, call in case.pieces.items():
-            stats: dict[str, Any] = {"tflop": flops(lambda: call(case.block)) / 1e12}
+            eager = functools.partial(call, case.block)
+            stats: dict[str, Any] = {"tflop": flops(eager) / 1e12}
             stats["floor_ms"] = stats["tflop"] * 1e12 / rate * 1e3
-            stats["eager_ms"] = cuda_ms(lambda: call(case.block), repeats)
+            stats["eager_ms"] = cuda_ms(eager, repeats)
             stats["gemm_only_ms"] = gemm_only_ms(case.gemms[piece], dtype, repeats)
             if piece in case.attention:
                 stats["attention_only_ms"] = attention_only_ms(*case.attention[piece], dtype, repeats)
@@ -208,8 +211,8 @@ def run_case(case: Case, modes: list[str], dtype: torch.dtype, rate: float, repe
             twin = compiled(case.block, mode)
             if mode != "whole":
                 for piece, call in case.pieces.items():
-                    row["pieces"][piece][f"{mode}_ms"] = cuda_ms(lambda: call(twin), repeats)
-            row[f"forward_{mode}_ms"] = cuda_ms(lambda: case.forward(twin), repeats)
+                    row["pieces"][piece][f"{mode}_ms"] = cuda_ms(functools.partial(call, twin), repeats)
+            row[f"forward_{mode}_ms"] = cuda_ms(functools.partial(case.forward, twin), repeats)
         if profile:
             from torch.profiler import ProfilerActivity
             from torch.profiler import profile as torch_profile

@@ -3,10 +3,19 @@ memory, a run through a real model that broadcasts restored outputs, and the con
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
-from videosys.pab import PABConfig, PABConfigError, PABPresets, PABScheduler, resolve_pab, with_cache_format
+from videosys.pab import (
+    PABConfig,
+    PABConfigError,
+    PABPresets,
+    PABScheduler,
+    resolve_pab,
+    with_cache_format,
+)
 from videosys.pab.kept import KeptInt8, keep, kept_nbytes, restore
 
 SCHEDULE = [900.0, 800.0, 700.0, 600.0, 500.0]
@@ -57,7 +66,7 @@ def _stdit3_calls(cache: str) -> tuple[list[torch.Tensor], dict, int]:
             run.begin_call()
             outs.append(model(**{**x, "timestep": torch.tensor([t, t])}, pab=run))
         stats = run.stats.as_dict()
-        peak = run.peak_kept_bytes
+        peak = run.stats.peak_kept_bytes
         assert run.kept_bytes == 0  # the last call keeps nothing: no call after it broadcasts
     return outs, stats, peak
 
@@ -100,12 +109,22 @@ def test_cache_field_in_configs_presets_and_dicts(tmp_path) -> None:
 
 
 def test_cli_generate_with_an_int8_pab_cache(tmp_path, capsys) -> None:
+    """The bundled demo model (fp32 on the CPU, 256 channels) through the CLI with each cache format: the
+    summary names the format and the kept outputs' peak, which int8 cuts to (1 + 4/256) / 4 of native."""
     from videosys.cli import main
 
-    out = tmp_path / "demo.mp4"
-    assert main(["generate", "a cat", "--steps", "3", "--pab", "pab236", "--pab-cache", "int8", "--no-progress",
-                 "-o", str(out)]) == 0
-    assert "pab        pab236+int8" in capsys.readouterr().out and out.stat().st_size > 0
+    peaks = {}
+    for fmt in ("native", "int8"):
+        out = tmp_path / f"{fmt}.mp4"
+        assert main(["generate", "a cat", "--steps", "3", "--pab", "pab236", "--pab-cache", fmt, "--no-progress",
+                     "-o", str(out)]) == 0
+        text = capsys.readouterr().out
+        label = "pab236" if fmt == "native" else "pab236+int8"
+        match = re.search(rf"pab        {re.escape(label)} \(kept outputs: peak ([0-9.]+) MiB\)", text)
+        assert match and out.stat().st_size > 0, text
+        peaks[fmt] = float(match.group(1))
+    assert peaks["native"] > 0
+    assert peaks["int8"] == pytest.approx(peaks["native"] * (1 + 4 / 256) / 4, abs=0.1)
     with pytest.raises(SystemExit) as exc:
         main(["generate", "a cat", "--pab", "pab236", "--pab-cache", "fp8"])
     assert exc.value.code == 2 and "invalid choice: 'fp8'" in capsys.readouterr().err

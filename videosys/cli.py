@@ -108,7 +108,8 @@ def _format_summary(result, path: Path) -> str:
     lines.append(
         "timings    " + ", ".join(f"{k} {t[k]:.2f}s" for k in ("text_encoder", "denoise", "vae_decode", "total") if k in t)
     )
-    lines.append(f"pab        {result.request.pab.label}")
+    kept = f" (kept outputs: peak {result.pab_peak_kept_bytes / 2**20:.1f} MiB)" if result.request.pab.enabled else ""
+    lines.append(f"pab        {result.request.pab.label}{kept}")
     for kind, counts in result.pab_stats.items():
         total = counts["computed"] + counts["broadcast"]
         lines.append(f"  {kind:<9}{counts['broadcast']:>6} broadcast / {total:>6} calls")

@@ -18,7 +18,8 @@ class GenerationResult:
 
     ``frames`` is uint8 [T, H, W, 3]; ``timings`` are seconds per stage (text_encoder, denoise, vae_decode,
     total); ``pab_stats`` gives per kind (spatial, temporal, cross, mlp) the module calls computed and
-    broadcast in this request; ``comm_stats`` (parallel runs only) gives per collective kind the calls and
+    broadcast in this request and ``pab_peak_kept_bytes`` the most bytes PAB's kept outputs held at once (on the
+    driver rank); ``comm_stats`` (parallel runs only) gives per collective kind the calls and
     bytes all ranks of the request sent (``"total"`` sums them).
     """
 
@@ -27,6 +28,7 @@ class GenerationResult:
     request: GenerationRequest
     timings: dict[str, float] = field(default_factory=dict)
     pab_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    pab_peak_kept_bytes: int = 0
     model: str = ""
     comm_stats: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -44,7 +46,8 @@ class GenerationResult:
             "prompt": self.request.prompt,
             "seed": self.request.seed,
             "frames": list(self.frames.shape),
-            "pab": self.request.pab.name,
+            "pab": self.request.pab.label,
+            "pab_peak_kept_bytes": self.pab_peak_kept_bytes,
             "timings": dict(self.timings),
             "pab_stats": {k: dict(v) for k, v in self.pab_stats.items()},
             "comm_stats": {k: dict(v) for k, v in self.comm_stats.items()},

@@ -23,7 +23,7 @@ import torch
 
 from .config import CACHE_FORMATS
 
-__all__ = ["KeptInt8", "kept_nbytes", "keep", "restore"]
+__all__ = ["KeptInt8", "keep", "kept_nbytes", "restore"]
 
 _INT8_MAX = 127.0
 
@@ -47,10 +47,10 @@ def keep(output: Any, fmt: str) -> Any:
         return output
     if fmt != "int8":
         raise ValueError(f"PAB cache format {fmt!r} not allowed (allowed: {', '.join(CACHE_FORMATS)})")
-    wide = output.detach().to(torch.float32)  # the output itself when it is float32: never written to
-    scales = wide.abs().amax(dim=-1, keepdim=True) / _INT8_MAX
+    x = output.detach()  # never written to: it is also the step's result
+    scales = x.abs().amax(dim=-1, keepdim=True).to(torch.float32) / _INT8_MAX  # |max| is exact in any dtype
     scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # an all-zero row stays zero
-    values = torch.round(wide / scales).clamp_(-_INT8_MAX, _INT8_MAX).to(torch.int8)
+    values = (x / scales).round_().clamp_(-_INT8_MAX, _INT8_MAX).to(torch.int8)  # the division in float32
     return KeptInt8(values=values, scales=scales, dtype=output.dtype)
 
 

@@ -28,10 +28,12 @@ class PABObserver(Protocol):
 
 @dataclass
 class PABStats:
-    """Module calls computed and broadcast per kind (spatial, temporal, cross, mlp) in one request."""
+    """Module calls computed and broadcast per kind (spatial, temporal, cross, mlp) in one request, and the
+    most bytes its kept outputs held at once (PAB's memory overhead on this rank)."""
 
     computed: dict[str, int] = field(default_factory=lambda: {k: 0 for k in ALL_KINDS})
     broadcast: dict[str, int] = field(default_factory=lambda: {k: 0 for k in ALL_KINDS})
+    peak_kept_bytes: int = 0
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         return {k: {"computed": self.computed[k], "broadcast": self.broadcast[k]} for k in ALL_KINDS}
@@ -47,8 +49,8 @@ class PABStats:
 class PABRun:
     """PAB state of one request. Use as a context manager; leaving it drops every kept tensor.
 
-    ``cache`` is the format outputs are kept in (:mod:`videosys.pab.kept`); :attr:`kept_bytes` and
-    :attr:`peak_kept_bytes` measure what the kept outputs hold (PAB's memory overhead).
+    ``cache`` is the format outputs are kept in (:mod:`videosys.pab.kept`); :attr:`kept_bytes` is what the
+    kept outputs hold now, ``stats.peak_kept_bytes`` the most they held at once.
     """
 
     def __init__(self, plan: PABPlan, config_name: str = "custom", observer: PABObserver | None = None,
@@ -61,7 +63,6 @@ class PABRun:
         self._call = -1
         self._cache: dict[tuple[str, str, int], object] = {}
         self.kept_bytes = 0
-        self.peak_kept_bytes = 0
 
     # -- call bookkeeping -------------------------------------------------------------------------
     @property
@@ -115,7 +116,7 @@ class PABRun:
             kept = keep_output(out, self.cache_format)
             self._cache[key] = kept
             self.kept_bytes += kept_nbytes(kept)
-            self.peak_kept_bytes = max(self.peak_kept_bytes, self.kept_bytes)
+            self.stats.peak_kept_bytes = max(self.stats.peak_kept_bytes, self.kept_bytes)
         return out
 
     def _drop(self, key: tuple[str, str, int]) -> None:

@@ -13,6 +13,7 @@ from ..config import ModelConfig
 from ..errors import WeightsNotFoundError
 from ..models.latte import LatteTransformer3D
 from ..parallel import ParallelState
+from ..pab import PABStats
 from ..parallel.decode import decode_split
 from ..request import GenerationRequest
 from ..result import GenerationResult
@@ -87,7 +88,7 @@ class LattePipeline(Pipeline):
         return hidden[:1], (hidden[1:] if len(texts) > 1 else None)
 
     def denoise(self, request: GenerationRequest, cond: torch.Tensor, uncond: torch.Tensor | None,
-                progress: bool) -> tuple[torch.Tensor, dict[str, dict[str, int]]]:
+                progress: bool) -> tuple[torch.Tensor, PABStats]:
         scheduler = self.scheduler_factory.new()
         scheduler.set_timesteps(request.steps, device=self.device)
         timesteps = scheduler.timesteps
@@ -111,8 +112,7 @@ class LattePipeline(Pipeline):
                     noise = noise_uncond + request.guidance * (noise_cond - noise_uncond)
                 noise = noise[:, :in_channels]  # learned sigma: keep the epsilon channels
                 latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
-            stats = run.stats.as_dict()
-        return latents, stats
+        return latents, run.stats
 
     def transformer_for(self, request: GenerationRequest) -> torch.nn.Module:
         """The denoiser that serves ``request`` (one for every size here)."""
@@ -151,4 +151,5 @@ class LattePipeline(Pipeline):
         if frames is None:
             return None
         return GenerationResult(frames=frames, fps=request.fps, request=request, timings=timer.seconds,
-                                pab_stats=stats, model=self.config.name, comm_stats=comm_stats)
+                                pab_stats=stats.as_dict(), pab_peak_kept_bytes=stats.peak_kept_bytes,
+                                model=self.config.name, comm_stats=comm_stats)

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import ModelConfig
+from ..pab import PABStats
 from ..parallel import ParallelState
 from ..request import GenerationRequest
 from ..result import GenerationResult
@@ -87,7 +88,7 @@ class OpenSoraPipeline(Pipeline):
         return hidden.to(self.dtype), mask
 
     def denoise(self, request: GenerationRequest, text: torch.Tensor, mask: torch.Tensor,
-                progress: bool) -> tuple[torch.Tensor, dict[str, dict[str, int]]]:
+                progress: bool) -> tuple[torch.Tensor, PABStats]:
         schedule = RFlowSchedule.create(request.steps, request.height, request.width, request.frames)
         t_lat, h_lat, w_lat = self.vae.latent_size(request.frames, request.height, request.width)
         shape = (1, self.vae.out_channels, t_lat, h_lat, w_lat)
@@ -121,8 +122,7 @@ class OpenSoraPipeline(Pipeline):
                     v_cond, v_uncond = v.chunk(2)
                     v = v_uncond + request.guidance * (v_cond - v_uncond)
                 z = z + v * schedule.dts[i]
-            stats = run.stats.as_dict()
-        return z, stats
+        return z, run.stats
 
     def decode(self, z: torch.Tensor, num_frames: int) -> torch.Tensor | None:
         """[1, C, T', h, w] latents -> [num_frames, 3, H, W] in [-1, 1]; the VAE's temporal chunks are split
@@ -148,4 +148,5 @@ class OpenSoraPipeline(Pipeline):
         if frames is None:
             return None
         return GenerationResult(frames=frames, fps=request.fps, request=request, timings=timer.seconds,
-                                pab_stats=stats, model=self.config.name, comm_stats=comm_stats)
+                                pab_stats=stats.as_dict(), pab_peak_kept_bytes=stats.peak_kept_bytes,
+                                model=self.config.name, comm_stats=comm_stats)
