@@ -30,6 +30,16 @@ def test_run_bench_on_cpu_reports_every_setting(tiny_latte_dir) -> None:
     assert "| pab236 |" in report.markdown()
 
 
+def test_run_bench_with_a_pab_cache_format_reports_the_kept_outputs(tiny_latte_dir) -> None:
+    report = run_bench("latte", weights=str(tiny_latte_dir), device="cpu", pab=["pab236"], pab_cache="int8",
+                       repeats=1, warmup=0, overrides={"steps": 20})
+    none, int8 = report.settings
+    assert (none.pab, int8.pab) == ("none", "pab236+int8")
+    assert sum(v["broadcast"] for v in int8.pab_stats.values()) > 0
+    assert none.pab_kept_gib == 0 and int8.pab_kept_gib > 0
+    assert "| pab236+int8 |" in report.markdown()
+
+
 def test_bench_refuses_cuda_without_a_gpu(tiny_latte_dir) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

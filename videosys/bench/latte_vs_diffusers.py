@@ -16,9 +16,12 @@ DDIM50 = [980 - 20 * i for i in range(50)]
 
 
 def compare_latte(dtype: torch.dtype = torch.float16, frames: int = 16, size: int = 512, text_tokens: int = 20,
-                  repeats: int = 10, loop_repeats: int = 2, compile: bool = False) -> dict[str, Any]:
+                  repeats: int = 10, loop_repeats: int = 2, compile: bool = False,
+                  pab_cache: str | None = None) -> dict[str, Any]:
     """Times and accuracy, as a flat dict (``*_ms`` / ``*_s`` / ``*_gib`` keys); ``compile``: ours with its
-    block pieces through ``torch.compile`` (:mod:`videosys.models.compile`; the warm-up calls compile)."""
+    block pieces through ``torch.compile`` (:mod:`videosys.models.compile`; the warm-up calls compile);
+    ``pab_cache`` (e.g. ``"int8"``): also ours with PAB236 keeping its outputs in that format
+    (``ours_pab236_cache_*`` keys)."""
     from diffusers import (
         LatteTransformer3DModel,
         PyramidAttentionBroadcastConfig,
@@ -85,6 +88,10 @@ def compare_latte(dtype: torch.dtype = torch.float16, frames: int = 16, size: in
 
         timed("ours_nopab", lambda: ours_loop(PABConfig.disabled()))
         timed("ours_pab236", lambda: ours_loop(preset))
+        if pab_cache not in (None, "native"):
+            timed("ours_pab236_cache", lambda: ours_loop(dataclasses.replace(preset, cache=pab_cache)))
+            out["ours_pab_cache_format"] = pab_cache
+            out["ours_pab_cache_memory_overhead"] = out["ours_pab236_cache_peak_gib"] / out["ours_nopab_peak_gib"] - 1
         timed("diffusers_nopab", ref_loop)
         s, tm, c = preset.spatial, preset.temporal, preset.cross
         apply_pyramid_attention_broadcast(ref, PyramidAttentionBroadcastConfig(

@@ -56,7 +56,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     if args.compare_diffusers:
         from ..bench.latte_vs_diffusers import compare_latte
 
-        cmp = compare_latte(compile=args.compile)
+        cmp = compare_latte(compile=args.compile, pab_cache=args.pab_cache)
         print("| Latte-1 transformer (fp16) | ours | diffusers | ours speedup |\n|---|---|---|---|")
         print(f"| one step (ms) | {cmp['ours_step_ms']:.1f} | {cmp['diffusers_step_ms']:.1f} | {cmp['step_speedup']:.2f}x |")
         print(f"| 50 calls, no PAB (s) | {cmp['ours_nopab_loop_s']:.2f} | {cmp['diffusers_nopab_loop_s']:.2f} | "
@@ -65,6 +65,9 @@ def run_bench_command(args: argparse.Namespace) -> int:
               f"{cmp['loop_speedup_pab']:.2f}x |")
         print(f"| peak GiB no PAB / PAB | {cmp['ours_nopab_peak_gib']:.2f} / {cmp['ours_pab236_peak_gib']:.2f} | "
               f"{cmp['diffusers_nopab_peak_gib']:.2f} / {cmp['diffusers_pab_peak_gib']:.2f} | |")
+        if "ours_pab_cache_format" in cmp:
+            print(f"| 50 calls, PAB236 {cmp['ours_pab_cache_format']} cache (s); peak GiB | "
+                  f"{cmp['ours_pab236_cache_loop_s']:.2f}; {cmp['ours_pab236_cache_peak_gib']:.2f} | | |")
         out["latte_vs_diffusers"] = cmp
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))
