@@ -200,6 +200,21 @@ def test_png_folders_inline_pab_and_dry_run(tiny_latte_dir, tmp_path, capsys):
     assert len(list((out / "01-a-dog").glob("frame_*.png"))) == 4
 
 
+def test_pab_preset_with_a_cache_format_in_config_and_entries(tiny_latte_dir, tmp_path):
+    (tmp_path / "mine.yaml").write_text("window: [100, 800]\nspatial_range: 2\n")
+    prompts = ["a cat", {"prompt": "a dog", "pab": {"preset": "pab236", "cache": "int8"}}]
+    config = make_config(tiny_latte_dir, tmp_path / "out", prompts, pab={"preset": "mine.yaml", "cache": "int8"})
+    batch = prepare_batch(write_yaml(tmp_path / "batch.yaml", config))  # mine.yaml: relative to the config
+    try:
+        assert [i.request.pab.label for i in batch.items] == ["mine+int8", "pab236+int8"]
+        assert batch.items[0].request.pab.spatial.range == 2
+    finally:
+        batch.engine.shutdown()
+    bad = make_config(tiny_latte_dir, tmp_path / "out", ["a cat"], pab={"preset": "pab236", "cache": "fp8"})
+    with pytest.raises(BatchConfigError, match=r"pab.cache: 'fp8' not allowed \(allowed: native, int8\)"):
+        prepare_batch(write_yaml(tmp_path / "bad.yaml", bad))
+
+
 def test_one_batch_per_manifest_at_a_time(batch_yaml, tmp_path):
     lock = Manifest(tmp_path / "out" / "manifest.jsonl")
     with lock, pytest.raises(ManifestBusyError, match="in use by another batch run"):
