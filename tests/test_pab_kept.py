@@ -12,6 +12,7 @@ from videosys.pab import (
     PABConfig,
     PABConfigError,
     PABPresets,
+    PABRun,
     PABScheduler,
     resolve_pab,
     with_cache_format,
@@ -51,6 +52,9 @@ def test_native_and_non_float_outputs_are_kept_as_they_are() -> None:
     assert keep((x, x), "int8") == (x, x) and kept_nbytes((x, x)) == 0
     with pytest.raises(ValueError, match=r"'fp8' not allowed \(allowed: native, int8\)"):
         keep(x, "fp8")
+    plan = PABScheduler(PABConfig.disabled()).plan([500.0])
+    with pytest.raises(ValueError, match=r"PAB cache format 'fp8' not allowed \(allowed: native, int8\)"):
+        PABRun(plan, cache="fp8")
 
 
 def _stdit3_calls(cache: str) -> tuple[list[torch.Tensor], dict, int]:

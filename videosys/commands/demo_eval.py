@@ -12,13 +12,13 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from videosys.cli import add_pab_cache_argument
+
     p = sub.add_parser("eval", help="score prompt adherence of the demo model on held-out prompts")
     p.add_argument("--model", default="latte", help="registered model name (default: latte)")
     p.add_argument("--weights", default=None, help="checkpoint folder (default: the model's bundled checkpoint)")
     p.add_argument("--pab", default="none",
                    help="PAB preset to compare against PAB off (adherence and PSNR), or 'none' (default: none)")
-    from videosys.cli import add_pab_cache_argument
-
     add_pab_cache_argument(p)
     p.add_argument("--n", type=int, default=None, help="number of prompts (default: each held-out combination once)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first prompt; prompt i uses seed + i (default 0)")

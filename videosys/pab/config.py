@@ -86,8 +86,7 @@ class PABConfig:
     cache: str = "native"
 
     def __post_init__(self) -> None:
-        if self.cache not in CACHE_FORMATS:
-            raise PABConfigError(f"pab.cache: {self.cache!r} not allowed (allowed: {', '.join(CACHE_FORMATS)})")
+        _cache_format(self.cache)
 
     @property
     def label(self) -> str:
