@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import stdit3_pab_calls
 
 from videosys.models.compile import compile_pieces, compiled_pieces
 from videosys.pab import PABConfig, PABScheduler
@@ -26,16 +27,8 @@ PAB = {"window": [550, 950], "spatial_range": 2, "temporal_range": 2, "cross_ran
 
 
 def _stdit3_calls(model: torch.nn.Module, pab: PABConfig) -> tuple[list[torch.Tensor], dict]:
-    from tests.test_stdit3 import make_inputs
-
-    x = make_inputs(frames=3, height=4, width=4, lens=(5, 3))
-    outs = []
-    with torch.no_grad(), PABScheduler(pab).new_run(SCHEDULE) as run:
-        for t in SCHEDULE:
-            run.begin_call()
-            outs.append(model(**{**x, "timestep": torch.tensor([t, t])}, pab=run))
-        stats = run.stats.as_dict()
-    return outs, stats
+    outs, stats = stdit3_pab_calls(model, pab, SCHEDULE)
+    return outs, stats.as_dict()
 
 
 def test_stdit3_compiled_pieces_match_eager_under_pab() -> None:

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from support import stdit3_pab_calls
 
 from videosys.pab import (
     PABConfig,
@@ -58,21 +59,10 @@ def test_native_and_non_float_outputs_are_kept_as_they_are() -> None:
 
 
 def _stdit3_calls(cache: str) -> tuple[list[torch.Tensor], dict, int]:
-    from tests.test_stdit3 import make_inputs
     from videosys.testing.tiny_stdit3 import make_stdit3
 
-    model = make_stdit3(seed=0).eval()
-    x = make_inputs(frames=3, height=4, width=4, lens=(5, 3))
-    pab = PABConfig.from_dict({**PAB, "cache": cache})
-    outs = []
-    with torch.no_grad(), PABScheduler(pab).new_run(SCHEDULE) as run:
-        for t in SCHEDULE:
-            run.begin_call()
-            outs.append(model(**{**x, "timestep": torch.tensor([t, t])}, pab=run))
-        stats = run.stats.as_dict()
-        peak = run.stats.peak_kept_bytes
-        assert run.kept_bytes == 0  # the last call keeps nothing: no call after it broadcasts
-    return outs, stats, peak
+    outs, stats = stdit3_pab_calls(make_stdit3(seed=0).eval(), PABConfig.from_dict({**PAB, "cache": cache}), SCHEDULE)
+    return outs, stats.as_dict(), stats.peak_kept_bytes
 
 
 def test_int8_cache_through_stdit3_same_schedule_quarter_memory_close_outputs() -> None:
