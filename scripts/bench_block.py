@@ -10,7 +10,8 @@ CUDA events):
   no CUDA graphs; ``whole``: the whole block forward in one ``torch.compile`` graph, no PAB, for reference);
 * the piece's GEMMs alone (``F.linear`` at its shapes) and its attention kernel alone: what a perfectly
   fused piece would still cost;
-* the FLOPs of each piece against the GEMM rate measured in the same run (the floor).
+* the FLOPs of each piece against the GEMM rate measured in the same run (the floor);
+* what PAB's int8 cache format (:mod:`videosys.pab.kept`) costs to keep and to restore one output.
 
     python scripts/bench_block.py --model opensora [--modes inductor,max-autotune,whole] [--profile] [--json F]
 """
@@ -33,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from videosys.models.compile import compile_pieces
 from videosys.models.layers.attention import scaled_dot_product
+from videosys.pab.kept import keep, restore
 
 logger = logging.getLogger("bench_block")
 
@@ -207,6 +209,11 @@ def run_case(case: Case, modes: list[str], dtype: torch.dtype, rate: float, repe
                 stats["attention_only_ms"] = attention_only_ms(*case.attention[piece], dtype, repeats)
             row["pieces"][piece] = stats
         row["forward_eager_ms"] = cuda_ms(lambda: case.forward(case.block), repeats)
+        # what PAB's int8 cache format adds per kept and per broadcast output of this block's size
+        output = next(iter(case.pieces.values()))(case.block)
+        kept = keep(output, "int8")
+        row["int8_keep_ms"] = cuda_ms(functools.partial(keep, output, "int8"), repeats)
+        row["int8_restore_ms"] = cuda_ms(functools.partial(restore, kept), repeats)
         for mode in modes:
             twin = compiled(case.block, mode)
             if mode != "whole":
@@ -231,7 +238,8 @@ def report(results: dict[str, Any], modes: list[str]) -> str:
     lines = []
     for name, row in results["cases"].items():
         lines.append(f"\n{name}: forward eager {row['forward_eager_ms']:.3f} ms"
-                     + "".join(f", {m} {row[f'forward_{m}_ms']:.3f} ms" for m in modes))
+                     + "".join(f", {m} {row[f'forward_{m}_ms']:.3f} ms" for m in modes)
+                     + f"; PAB int8 keep {row['int8_keep_ms']:.3f} ms, restore {row['int8_restore_ms']:.3f} ms")
         head = ["piece", "TFLOP", "floor ms", "eager ms"] + [f"{m} ms" for m in modes if m != "whole"]
         head += ["GEMMs alone ms", "attention alone ms"]
         lines.append("| " + " | ".join(head) + " |")
