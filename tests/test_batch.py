@@ -91,6 +91,7 @@ def test_batch_writes_every_item_and_records_it(batch_yaml, tmp_path):
         assert r["frames"] == mp4_frame_count(path) == r["request"]["frames"]
         assert {"text_encoder", "denoise", "vae_decode", "total", "save"} <= set(r["timings"])
         assert set(r["pab_stats"]) >= {"spatial", "temporal", "cross"}
+        assert r["pab_peak_kept_bytes"] == 0  # PAB off
     assert not [p for p in out.iterdir() if ".part" in p.name]
 
 
@@ -203,13 +204,18 @@ def test_png_folders_inline_pab_and_dry_run(tiny_latte_dir, tmp_path, capsys):
 def test_pab_preset_with_a_cache_format_in_config_and_entries(tiny_latte_dir, tmp_path):
     (tmp_path / "mine.yaml").write_text("window: [100, 800]\nspatial_range: 2\n")
     prompts = ["a cat", {"prompt": "a dog", "pab": {"preset": "pab236", "cache": "int8"}}]
-    config = make_config(tiny_latte_dir, tmp_path / "out", prompts, pab={"preset": "mine.yaml", "cache": "int8"})
+    config = make_config(tiny_latte_dir, tmp_path / "out", prompts, pab={"preset": "mine.yaml", "cache": "int8"},
+                         sampling={"steps": 8})
     batch = prepare_batch(write_yaml(tmp_path / "batch.yaml", config))  # mine.yaml: relative to the config
     try:
         assert [i.request.pab.label for i in batch.items] == ["mine+int8", "pab236+int8"]
         assert batch.items[0].request.pab.spatial.range == 2
+        assert execute_batch(batch, progress=False).done == 2
     finally:
         batch.engine.shutdown()
+    for r in items(tmp_path / "out" / "manifest.jsonl"):
+        assert r["request"]["pab"]["cache"] == "int8"
+        assert r["pab_stats"]["spatial"]["broadcast"] > 0 and r["pab_peak_kept_bytes"] > 0
     bad = make_config(tiny_latte_dir, tmp_path / "out", ["a cat"], pab={"preset": "pab236", "cache": "fp8"})
     with pytest.raises(BatchConfigError, match=r"pab.cache: 'fp8' not allowed \(allowed: native, int8\)"):
         prepare_batch(write_yaml(tmp_path / "bad.yaml", bad))

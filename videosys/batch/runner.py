@@ -253,7 +253,8 @@ def _finish(item: BatchItem, outcome: GenerationResult | Exception, batch: Prepa
     seconds = share_s + save_s
     timings = {**outcome.timings, "save": round(save_s, 4), "item_wall": round(seconds, 4)}
     return {**record, "status": "done", "bytes": size, "frames": frames, "timings": timings,
-            "pab_stats": outcome.pab_stats, "comm_stats": outcome.comm_stats, "error": None,
+            "pab_stats": outcome.pab_stats, "pab_peak_kept_bytes": outcome.pab_peak_kept_bytes,
+            "comm_stats": outcome.comm_stats, "error": None,
             "finished_at": _now()}, seconds
 
 
