@@ -26,14 +26,18 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from videosys.bench.harness import measure_gemm_tflops
+from videosys.bench.timing import cuda_event_median_ms
 from videosys.models.compile import compile_pieces
 from videosys.models.layers.attention import scaled_dot_product
+from videosys.models.random_init import fill_random_
 from videosys.pab.kept import keep, restore
 
 logger = logging.getLogger("bench_block")
@@ -42,24 +46,17 @@ HIDDEN, HEADS, HEAD_DIM = 1152, 16, 72
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a slow dry run of the script itself
 
 
-def cuda_ms(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
-    """Median milliseconds of ``fn()`` on the current CUDA stream (wall clock when CUDA is absent: the
-    ``--device cpu`` dry run)."""
-    for _ in range(warmup if torch.cuda.is_available() else 1):
-        fn()
+def cuda_ms(fn: Callable[[], Any], repeats: int) -> float:
+    """Median milliseconds of ``fn()`` between CUDA events; wall clock after one warm-up call on the CPU
+    (the dry run of the script itself)."""
+    if DEVICE == "cuda":
+        return cuda_event_median_ms(fn, repeats)
+    fn()
     times = []
     for _ in range(repeats):
-        if not torch.cuda.is_available():
-            start_s = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start_s) * 1e3)
-            continue
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        start = time.perf_counter()
         fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
 
@@ -69,31 +66,23 @@ def flops(fn: Callable[[], Any]) -> int:
     return counter.get_total_flops()
 
 
-def gemm_rate(dtype: torch.dtype) -> float:
-    """Measured dense GEMM rate in FLOP/s (8192^3 in ``dtype``)."""
-    size = 8192 if DEVICE == "cuda" else 1024
-    a = torch.randn(size, size, device=DEVICE, dtype=dtype)
-    b = torch.randn(size, size, device=DEVICE, dtype=dtype)
-    ms = cuda_ms(lambda: a @ b, 10)
-    return 2 * size**3 / (ms / 1e3)
-
-
 def random_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    """``module`` with the random weights `--weights random` gives the full models (videosys.models.random_init)."""
     with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+        fill_random_(module, seed)
     return module
 
 
+@dataclass
 class Case:
     """One block kind: the block, its pieces as closures over fixed inputs, and its GEMM/attention shapes."""
 
-    def __init__(self, name: str, block: torch.nn.Module, pieces: dict[str, Callable[[torch.nn.Module], Any]],
-                 forward: Callable[[torch.nn.Module], Any], gemms: dict[str, list[tuple[int, int, int]]],
-                 attention: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> None:
-        self.name, self.block, self.pieces, self.forward = name, block, pieces, forward
-        self.gemms, self.attention = gemms, attention
+    name: str
+    block: torch.nn.Module
+    pieces: dict[str, Callable[[torch.nn.Module], Any]]
+    forward: Callable[[torch.nn.Module], Any]
+    gemms: dict[str, list[tuple[int, int, int]]]
+    attention: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
 
 
 def opensora_cases(dtype: torch.dtype) -> list[Case]:
@@ -269,7 +258,8 @@ def main() -> None:
     dtype = torch.bfloat16 if args.model == "opensora" else torch.float16
     if DEVICE == "cpu":
         dtype = torch.float32
-    rate = gemm_rate(dtype)
+    # the floor's denominator, as `videosys bench` measures it (not measured in the CPU dry run)
+    rate = measure_gemm_tflops(dtype, torch.device(DEVICE)) * 1e12 if DEVICE == "cuda" else float("nan")
     cases = opensora_cases(dtype) if args.model == "opensora" else latte_cases(dtype)
     results: dict[str, Any] = {"model": args.model, "dtype": str(dtype), "gemm_tflops": rate / 1e12,
                                "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
