@@ -216,7 +216,7 @@ class PatchEmbed2D(nn.Module):
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         gh, gw = latent.shape[-2] // self.patch_size, latent.shape[-1] // self.patch_size
-        x = self.proj(latent).flatten(2).transpose(1, 2)
+        x = self.proj(latent).flatten(2).transpose(1, 2).contiguous()  # token-major memory, as blocks expect
         if gh == self.grid and gw == self.grid and self.pos_embed.device == x.device:
             table = self.pos_embed
         else:
