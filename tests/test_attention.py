@@ -112,3 +112,17 @@ def test_short_sequence_matmul_path_matches_sdpa(masked: bool) -> None:
         out[0, :, 2] = ref[0, :, 2] = 0
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     assert attn_mod.matmul_attention(q.half(), k.half(), v.half()).dtype == torch.float16
+
+
+def test_backend_choice_compiles_in_one_graph() -> None:
+    """``torch.compile`` traces the backend choice (flash-attn's availability included) without a graph break:
+    compiled block pieces stay one graph each (an import attempt inside the trace once split every one)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g) for _ in range(3))
+    torch._dynamo.reset()
+    compiled = torch.compile(attn_mod.scaled_dot_product, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), attn_mod.scaled_dot_product(q, k, v))
+    # on a CUDA query the availability is asked; here it is asked directly, as the CPU has no CUDA query
+    probe = torch.compile(lambda x: x * 2 if attn_mod.flash_available() else x + 1, backend="eager", fullgraph=True)
+    want = q * 2 if attn_mod.flash_available() else q + 1
+    torch.testing.assert_close(probe(q), want)

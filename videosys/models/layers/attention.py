@@ -49,8 +49,12 @@ def _flash_attn_func() -> Optional[Callable[..., torch.Tensor]]:
     return flash_attn_func
 
 
+@torch.compiler.assume_constant_result
 def flash_available() -> bool:
-    """Whether the flash-attn package imports in this process."""
+    """Whether the flash-attn package imports in this process.
+
+    A constant to ``torch.compile``: Dynamo calls it once while tracing and bakes the answer in, instead of
+    tracing the import attempt, which broke every compiled attention piece in two graphs."""
     return _flash_attn_func() is not None
 
 
@@ -62,12 +66,12 @@ def select_backend(q: torch.Tensor, mask: Optional[torch.Tensor] = None) -> str:
     """
     head_dim = q.shape[-1]
     if (
-        mask is None
+        flash_available()  # first, so that compiled code on any device meets it (tests/test_attention.py)
+        and mask is None
         and q.is_cuda
         and q.dtype in _FLASH_DTYPES
         and head_dim <= _FLASH_MAX_HEAD_DIM
         and head_dim % 8 == 0
-        and flash_available()
     ):
         return FLASH
     return SDPA
