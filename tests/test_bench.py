@@ -18,6 +18,39 @@ def test_first_call_flops_counts_one_forward_only() -> None:
     assert counter.flops == 2 * 4 * 16 * 32
 
 
+def test_first_call_flops_leaves_compiled_pieces_compiled() -> None:
+    """The FLOP-counted first call must not make torch.compile give up on the block pieces: the timed calls
+    after it run the compiled graphs (they once ran eagerly, and ``bench --compile`` measured eager mode)."""
+    from torch._dynamo.utils import counters
+
+    from videosys.models.compile import compile_pieces
+    from videosys.testing.tiny_stdit3 import make_stdit3
+
+    model = make_stdit3(seed=0).eval()
+    assert compile_pieces(model, backend="eager") > 0
+    x = {"x": torch.randn(2, 4, 3, 4, 4), "timestep": torch.tensor([500.0, 400.0]), "y": torch.randn(2, 5, 32)}
+    torch._dynamo.reset()
+    counters.clear()
+    counter = _FirstCallFlops(model)
+    with torch.no_grad():
+        model(**x)
+        assert counter.flops > 0 and counters["stats"]["unique_graphs"] == 0  # counted eagerly
+        model(**x)
+    assert counters["stats"]["unique_graphs"] > 0
+
+
+def test_first_call_flops_removed_after_a_failed_forward() -> None:
+    layer = torch.nn.Linear(16, 32)
+    counter = _FirstCallFlops(layer)
+    with pytest.raises(RuntimeError):
+        layer(torch.randn(4, 15))
+    counter.remove()
+    compiled = torch.compile(lambda t: t * 2, backend="eager")
+    counters_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    compiled(torch.randn(3))  # compiles again: no eager stance left behind
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == counters_before + 1
+
+
 def test_run_bench_on_cpu_reports_every_setting(tiny_latte_dir) -> None:
     report = run_bench("latte", weights=str(tiny_latte_dir), device="cpu", pab=["pab236"], repeats=2, warmup=0,
                        overrides={"steps": 4})

@@ -100,13 +100,18 @@ def measure_gemm_tflops(dtype: torch.dtype, device: torch.device, n: int = 8192,
 
 
 class _FirstCallFlops:
-    """Counts the FLOPs of the first forward of a module (one denoiser call) with torch's FlopCounterMode."""
+    """Counts the FLOPs of the first forward of a module (one denoiser call) with torch's FlopCounterMode.
+
+    That call runs with ``torch.compile`` stood down (stance ``force_eager``): Dynamo meeting a frame under
+    the counter's dispatch mode skips that code for good, so compiled block pieces (``--compile``) would
+    run eagerly in every timed request after it."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         from torch.utils.flop_counter import FlopCounterMode
 
         self.flops = 0
         self._mode = FlopCounterMode(display=False)
+        self._eager = torch.compiler.set_stance("force_eager")
         self._handles = [module.register_forward_pre_hook(self._enter), module.register_forward_hook(self._exit)]
         self._active = False
 
@@ -114,16 +119,24 @@ class _FirstCallFlops:
         if not self._handles:
             return
         self._active = True
+        self._eager.__enter__()
         self._mode.__enter__()
 
     def _exit(self, *_: Any) -> None:
         if self._active:
-            self._mode.__exit__(None, None, None)
+            self._leave()
             self.flops = self._mode.get_total_flops()
-            self._active = False
             self.remove()
 
+    def _leave(self) -> None:
+        self._mode.__exit__(None, None, None)
+        self._eager.__exit__(None, None, None)
+        self._active = False
+
     def remove(self) -> None:
+        """Stop counting (also after a forward that raised: the counter and the eager stance are left)."""
+        if self._active:
+            self._leave()
         for h in self._handles:
             h.remove()
         self._handles = []
