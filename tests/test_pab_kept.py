@@ -54,7 +54,7 @@ def test_native_and_non_float_outputs_are_kept_as_they_are() -> None:
     with pytest.raises(ValueError, match=r"'fp8' not allowed \(allowed: native, int8\)"):
         keep(x, "fp8")
     plan = PABScheduler(PABConfig.disabled()).plan([500.0])
-    with pytest.raises(ValueError, match=r"PAB cache format 'fp8' not allowed \(allowed: native, int8\)"):
+    with pytest.raises(ValueError, match=r"cache: 'fp8' not allowed \(allowed: native, int8\)"):
         PABRun(plan, cache="fp8")
 
 

@@ -86,7 +86,7 @@ class PABConfig:
     cache: str = "native"
 
     def __post_init__(self) -> None:
-        _cache_format(self.cache)
+        check_cache_format(self.cache)
 
     @property
     def label(self) -> str:
@@ -138,7 +138,7 @@ class PABConfig:
             kinds[kind] = _attention_from(spec, kind)
         mlp_spec = data.get("mlp")
         mlp = None if mlp_spec in (None, False) else _mlp_from(mlp_spec)
-        return cls(name=str(data.get("name", name)), mlp=mlp, cache=_cache_format(data.get("cache", "native")),
+        return cls(name=str(data.get("name", name)), mlp=mlp, cache=check_cache_format(data.get("cache", "native")),
                    **kinds)
 
     @classmethod
@@ -174,9 +174,10 @@ def with_cache_format(pab: Any, cache: str | None) -> Any:
     return pab if cache is None else {"preset": pab, "cache": cache}
 
 
-def _cache_format(value: Any) -> str:
+def check_cache_format(value: Any, field: str = "pab.cache") -> str:
+    """``value`` when it names a cache format, else :class:`PABConfigError` naming ``field``."""
     if not isinstance(value, str) or value not in CACHE_FORMATS:
-        raise PABConfigError(f"pab.cache: {value!r} not allowed (allowed: {', '.join(CACHE_FORMATS)})")
+        raise PABConfigError(f"{field}: {value!r} not allowed (allowed: {', '.join(CACHE_FORMATS)})")
     return value
 
 
@@ -273,7 +274,7 @@ def resolve_pab(pab: Any, presets: PABPresets) -> PABConfig:
         base = resolve_pab(pab["preset"], presets)
         if not base.enabled:
             return base
-        return replace(base, cache=_cache_format(pab.get("cache", base.cache)))
+        return replace(base, cache=check_cache_format(pab.get("cache", base.cache)))
     if isinstance(pab, Mapping):
         return PABConfig.from_dict(pab)
     if isinstance(pab, (str, Path)):

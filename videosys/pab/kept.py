@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .config import CACHE_FORMATS
+from .config import check_cache_format
 
 __all__ = ["KeptInt8", "keep", "kept_nbytes", "restore"]
 
@@ -46,7 +46,7 @@ def keep(output: Any, fmt: str) -> Any:
     if fmt == "native" or not _quantizable(output):
         return output
     if fmt != "int8":
-        raise ValueError(f"PAB cache format {fmt!r} not allowed (allowed: {', '.join(CACHE_FORMATS)})")
+        check_cache_format(fmt, "fmt")  # raises: a format this function does not know
     x = output.detach()  # never written to: it is also the step's result
     scales = x.abs().amax(dim=-1, keepdim=True).to(torch.float32) / _INT8_MAX  # |max| is exact in any dtype
     scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # an all-zero row stays zero

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, TypeVar
 
-from .config import ALL_KINDS, ATTENTION_KINDS, CACHE_FORMATS
+from .config import ALL_KINDS, ATTENTION_KINDS, check_cache_format
 from .kept import keep as keep_output
 from .kept import kept_nbytes, restore
 from .scheduler import MLP_REUSE, MLP_STORE, PABPlan
@@ -58,9 +58,7 @@ class PABRun:
         self.plan = plan
         self.config_name = config_name
         self.observer = observer
-        if cache not in CACHE_FORMATS:
-            raise ValueError(f"PAB cache format {cache!r} not allowed (allowed: {', '.join(CACHE_FORMATS)})")
-        self.cache_format = cache
+        self.cache_format = check_cache_format(cache, "cache")
         self.stats = PABStats()
         self._call = -1
         self._cache: dict[tuple[str, str, int], object] = {}
