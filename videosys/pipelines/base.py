@@ -15,7 +15,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import RequestError
 from ..models.offload import DeviceVisits
-from ..pab import PABRun, PABScheduler
+from ..pab import PABRun, PABScheduler, PABStats
 from ..parallel import ParallelState, comm
 from ..request import GenerationRequest
 from ..result import GenerationResult
@@ -108,6 +108,17 @@ class Pipeline(ABC):
         if self.parallel.world_size == 1:
             return {}
         return comm.sum_stats(self.parallel)
+
+    def finish(self, request: GenerationRequest, frames: np.ndarray | None, timings: dict[str, float],
+               pab_stats: PABStats) -> GenerationResult | None:
+        """The request's result on the driver (``None`` on the other ranks, whose ``frames`` are ``None``).
+        Every rank calls it: the comm stats are summed over the ranks."""
+        comm_stats = self.comm_stats()
+        if frames is None:
+            return None
+        return GenerationResult(frames=frames, fps=request.fps, request=request, timings=timings,
+                                pab_stats=pab_stats.as_dict(), pab_peak_kept_bytes=pab_stats.peak_kept_bytes,
+                                model=self.config.name, comm_stats=comm_stats)
 
     @abstractmethod
     def generate(self, request: GenerationRequest, progress: bool = True) -> GenerationResult: ...

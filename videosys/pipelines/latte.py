@@ -147,9 +147,4 @@ class LattePipeline(Pipeline):
             with timer.stage("vae_decode"):
                 video = self.decode(latents, request)
                 frames = None if video is None else to_uint8_frames(video)
-        comm_stats = self.comm_stats()
-        if frames is None:
-            return None
-        return GenerationResult(frames=frames, fps=request.fps, request=request, timings=timer.seconds,
-                                pab_stats=stats.as_dict(), pab_peak_kept_bytes=stats.peak_kept_bytes,
-                                model=self.config.name, comm_stats=comm_stats)
+        return self.finish(request, frames, timer.seconds, stats)
