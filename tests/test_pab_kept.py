@@ -45,6 +45,29 @@ def test_int8_rows_round_trip_within_half_a_step(dtype: torch.dtype) -> None:
     assert kept_nbytes(kept) == 3 * 40 * 96 + 3 * 40 * 4  # a byte per value and a float32 scale per row
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_int8_keep_and_restore_are_the_reference_formula(dtype: torch.dtype) -> None:
+    """The one-pass restore and the clamp-free keep give exactly the numbers of the plain formula
+    (``round(x / scale)`` clamped to +-127; widen, multiply, narrow), also on rows at the edges: every
+    element at +-max|row|, the dtype's largest and smallest normal values."""
+    gen = torch.Generator().manual_seed(1)
+    info = torch.finfo(dtype)
+    x = torch.randn(6, 33, generator=gen).to(dtype)
+    x[0] = 3.0
+    x[1, ::2], x[1, 1::2] = -2.5, 2.5
+    x[2] = info.max
+    x[2, 5] = -info.max
+    x[3] = info.tiny
+    x[4] = torch.linspace(-1, 1, 33).to(dtype) * 1e-3
+    kept = keep(x, "int8")
+    row_max = x.float().abs().amax(dim=-1, keepdim=True)
+    scales = torch.where(row_max > 0, row_max / 127.0, torch.ones_like(row_max))
+    want_values = (x.float() / scales).round().clamp(-127, 127).to(torch.int8)
+    assert torch.equal(kept.scales, scales) and torch.equal(kept.values, want_values)
+    assert kept.values.abs().max() == 127 and torch.equal(kept.values[0], torch.full((33,), 127, dtype=torch.int8))
+    assert torch.equal(restore(kept), (want_values.float() * scales).to(dtype))
+
+
 def test_native_and_non_float_outputs_are_kept_as_they_are() -> None:
     x = torch.randn(2, 8)
     assert keep(x, "native") is x and restore(x) is x and kept_nbytes(x) == 64
