@@ -57,6 +57,7 @@ def test_run_bench_on_cpu_reports_every_setting(tiny_latte_dir) -> None:
     assert [s.pab for s in report.settings] == ["none", "pab236"]
     assert report.denoiser_calls == 4
     assert report.call_tflop > 0
+    assert report.first_request_s > 0 and "first request" in report.markdown().splitlines()[0]
     for s in report.settings:
         assert s.runs == 2 and set(s.stages_s) >= {"text_encoder", "denoise", "vae_decode", "total"}
         assert s.per_call_ms == pytest.approx(s.stages_s["denoise"] / 4 * 1e3)

@@ -51,6 +51,9 @@ class BenchReport:
     settings: list[SettingResult]
     layout: str = "1 rank"
     compiled: bool = False  # the denoiser's block pieces ran through torch.compile
+    #: seconds of the run's first request (PAB off, untimed in the table; NaN on a pool): with ``compiled``
+    #: it includes the compilation, what a fresh engine's first request costs
+    first_request_s: float = float("nan")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +63,8 @@ class BenchReport:
         title = (f"{self.model}: {r['frames']} x {r['height']} x {r['width']}, {r['steps']} steps "
                  f"({self.denoiser_calls} denoiser calls), guidance {r['guidance']}, {r['dtype']}; {self.device}; "
                  f"{self.layout}{'; torch.compile' if self.compiled else ''}")
+        if self.first_request_s == self.first_request_s:  # not NaN: measured in this process
+            title += f"; first request {self.first_request_s:.1f} s{' (compiling)' if self.compiled else ''}"
         floor = (f"GEMM {self.gemm_tflops:.0f} TFLOP/s; one denoiser call {self.call_tflop:.2f} TFLOP -> floor "
                  f"{self.floor_call_ms:.1f} ms/call")
         header = ("| PAB | text encoder (s) | denoise (s) | VAE decode (s) | total (s) | ms/call | x floor "
@@ -192,13 +197,15 @@ def _bench(engine: Any, pab: Sequence[str] | None, repeats: int, warmup: int, ov
 
         handle = denoiser.register_forward_pre_hook(count_call)
         try:
-            engine.generate_requests([requests["none"]])  # warm-up, FLOPs of one call, calls per request
+            # warm-up, FLOPs of one call, calls per request
+            first = engine.generate_requests([requests["none"]])[0]
         finally:
             counter.remove()
             handle.remove()
         call_flops = counter.flops
     else:
         engine.load()  # start the pool outside the timings
+        first = None  # the settings' own warm-up requests are the ranks' first
     results = []
     for name in settings:
         timings: dict[str, list[float]] = {k: [] for k in STAGES}
@@ -236,4 +243,5 @@ def _bench(engine: Any, pab: Sequence[str] | None, repeats: int, warmup: int, ov
                                 "guidance": req.guidance, "dtype": str(engine.dtype).removeprefix("torch.")},
                        denoiser_calls=calls, gemm_tflops=gemm, call_tflop=call_flops / 1e12,
                        floor_call_ms=floor_ms, settings=results, layout=engine.layout.describe(),
-                       compiled=engine.compile)
+                       compiled=engine.compile,
+                       first_request_s=first.timings["total"] if first is not None else float("nan"))
