@@ -11,6 +11,7 @@ rate and the peak memory belong to the ranks' processes and are left out (NaN).
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -63,7 +64,7 @@ class BenchReport:
         title = (f"{self.model}: {r['frames']} x {r['height']} x {r['width']}, {r['steps']} steps "
                  f"({self.denoiser_calls} denoiser calls), guidance {r['guidance']}, {r['dtype']}; {self.device}; "
                  f"{self.layout}{'; torch.compile' if self.compiled else ''}")
-        if self.first_request_s == self.first_request_s:  # not NaN: measured in this process
+        if not math.isnan(self.first_request_s):  # measured in this process (NaN on a pool)
             title += f"; first request {self.first_request_s:.1f} s{' (compiling)' if self.compiled else ''}"
         floor = (f"GEMM {self.gemm_tflops:.0f} TFLOP/s; one denoiser call {self.call_tflop:.2f} TFLOP -> floor "
                  f"{self.floor_call_ms:.1f} ms/call")

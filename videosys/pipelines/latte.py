@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 from ..config import ModelConfig
 from ..errors import WeightsNotFoundError
 from ..models.latte import LatteTransformer3D
-from ..parallel import ParallelState
 from ..pab import PABStats
+from ..parallel import ParallelState
 from ..parallel.decode import decode_split
 from ..request import GenerationRequest
 from ..result import GenerationResult
