@@ -9,10 +9,12 @@ Channel pairs ``(x[2i], x[2i+1])`` are rotated by the angle ``pos * freqs[i]``::
 
 from __future__ import annotations
 
+from typing import Optional, Union
+
 import torch
 from torch import nn
 
-__all__ = ["RotaryEmbedding", "apply_rotary", "apply_rotary_real"]
+__all__ = ["RotaryEmbedding", "apply_rotary"]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -21,27 +23,13 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     Computed in float32 and cast back to ``x.dtype``, as one complex multiplication per channel pair
     ``(x[2i] + i x[2i+1]) * (cos + i sin)``: three passes over ``x`` (widen, multiply, narrow) where
     the real form ``x * cos + (-x[2i+1], x[2i]) * sin`` takes eight; the same products and sums.
-    Under ``torch.compile`` the real form (:func:`apply_rotary_real`) is traced instead: Inductor generates
-    no code for complex numbers (the complex form would stay a separate eager kernel), while the real form
-    fuses with the ops around it into one pass.
     """
-    if torch.compiler.is_compiling():
-        return apply_rotary_real(x, cos, sin)
     xf = x.float()
     if xf.stride(-1) != 1 or any(stride % 2 for stride in xf.stride()[:-1]):
         xf = xf.contiguous()  # a complex view needs each channel pair adjacent and pair-aligned
     xf = xf.unflatten(-1, (-1, 2))
     rotation = torch.complex(cos[..., ::2], sin[..., ::2])
     return torch.view_as_real(torch.view_as_complex(xf) * rotation).flatten(-2).to(x.dtype)
-
-
-def apply_rotary_real(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """:func:`apply_rotary` in real arithmetic: ``x * cos + rot(x) * sin`` in float32, cast back to
-    ``x.dtype`` (per pair: ``x0 c - x1 s`` and ``x1 c + x0 s``, the complex product's terms)."""
-    xf = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = xf.unbind(-1)
-    c, s = cos[..., ::2], sin[..., ::2]
-    return torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2).to(x.dtype)
 
 
 class RotaryEmbedding(nn.Module):
@@ -61,7 +49,7 @@ class RotaryEmbedding(nn.Module):
         self.freqs = nn.Parameter(freqs, requires_grad=False)
 
     def cos_sin(
-        self, num_positions: int, device: str | torch.device | None = None
+        self, num_positions: int, device: Union[str, torch.device, None] = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 ``(cos, sin)`` tables ``[num_positions, dim]`` for positions ``0 .. num_positions - 1``.
 
@@ -75,7 +63,7 @@ class RotaryEmbedding(nn.Module):
         angles = (pos[:, None] * freqs[None, :]).float().repeat_interleave(2, dim=-1)
         return angles.cos(), angles.sin()
 
-    def rotate(self, x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def rotate(self, x: torch.Tensor, tables: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         """Rotate ``x`` ``[..., seq, dim]`` (positions along ``seq``)."""
         cos, sin = tables if tables is not None else self.cos_sin(x.shape[-2], x.device)
         return apply_rotary(x, cos, sin)
