@@ -50,7 +50,9 @@ setup(
     ],
     extras_require={
         "flash": ["flash-attn>=2.5"],
-        "test": ["pytest>=7", "pytest-timeout>=2"],
+        # triton: its CPU interpreter runs the fused kernels' tests (tests/test_kernels.py; skipped without it)
+        "test": ["pytest>=7", "pytest-timeout>=2",
+                 "triton>=3.2; platform_system == 'Linux' and platform_machine == 'x86_64'"],
     },
     entry_points={"console_scripts": ["videosys=videosys.cli:main"]},
 )

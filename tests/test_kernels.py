@@ -1,0 +1,102 @@
+"""The fused temporal attention kernel (videosys.kernels): its torch reference is the STDiT3 temporal
+attention, the kernel matches the reference (in Triton's CPU interpreter, when Triton is installed: the
+test extras install it on Linux x86-64), and whole STDiT3 and Latte forwards with the kernel match the
+torch path."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from videosys.kernels import (
+    MAX_FRAMES,
+    fused_temporal_attention,
+    fused_temporal_attention_applies,
+    temporal_attention_reference,
+)
+from videosys.kernels import temporal_attention as kernel_module
+from videosys.models.layers.rope import RotaryEmbedding
+from videosys.models.opensora.stdit3 import SelfAttention
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_reference_is_the_stdit3_temporal_attention(qk_norm: bool) -> None:
+    torch.manual_seed(0)
+    attn = SelfAttention(64, 4, qk_norm=qk_norm).eval()
+    if qk_norm:
+        with torch.no_grad():
+            attn.q_norm.weight.uniform_(0.5, 1.5)
+            attn.k_norm.weight.uniform_(0.5, 1.5)
+    b, t, s, c = 2, 7, 5, 64
+    x = torch.randn(b, t, s, c)
+    rope = RotaryEmbedding(16).cos_sin(t)
+    with torch.no_grad():
+        regrouped = x.transpose(1, 2).reshape(b * s, t, c)  # what the torch path attends over
+        want = attn(regrouped, rope=rope).reshape(b, s, t, c).transpose(1, 2)
+        weights = (attn.q_norm.weight, attn.k_norm.weight) if qk_norm else (None, None)
+        got = attn.proj(temporal_attention_reference(attn.qkv(x), 4, *weights, rope))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_applies_only_where_the_kernel_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda_bf16 = types.SimpleNamespace(is_cuda=True, dtype=torch.bfloat16)
+    monkeypatch.setattr(kernel_module, "triton_available", lambda: True)
+    assert fused_temporal_attention_applies(cuda_bf16, 15, 72)
+    assert fused_temporal_attention_applies(cuda_bf16, MAX_FRAMES, 128)
+    assert not fused_temporal_attention_applies(cuda_bf16, MAX_FRAMES + 1, 72)  # scores no longer in registers
+    assert not fused_temporal_attention_applies(cuda_bf16, 1, 72)  # one frame: the torch path's shortcut
+    assert not fused_temporal_attention_applies(cuda_bf16, 15, 130)
+    assert not fused_temporal_attention_applies(cuda_bf16, 15, 71)  # RoPE pairs
+    assert not fused_temporal_attention_applies(types.SimpleNamespace(is_cuda=True, dtype=torch.float32), 15, 72)
+    assert not fused_temporal_attention_applies(torch.zeros(1, dtype=torch.bfloat16), 15, 72)  # CPU
+    monkeypatch.setattr(kernel_module, "triton_available", lambda: False)
+    assert not fused_temporal_attention_applies(cuda_bf16, 15, 72)
+
+
+def test_bad_arguments_are_named() -> None:
+    qkv = torch.randn(1, 4, 3, 3 * 2 * 8)
+    with pytest.raises(ValueError, match=r"qkv must be \[B, T, S, 3 \* heads \* head_dim\]"):
+        temporal_attention_reference(qkv, 5)
+    with pytest.raises(ValueError, match=r"q_weight must be \[8\]"):
+        temporal_attention_reference(qkv, 2, torch.ones(9))
+    with pytest.raises(ValueError, match=r"rope tables must be \[frames, head_dim\] = \[4, 8\]"):
+        temporal_attention_reference(qkv, 2, rope=RotaryEmbedding(8).cos_sin(5))
+    with pytest.raises(ValueError, match=f"at most {MAX_FRAMES} frames"):
+        fused_temporal_attention(torch.randn(1, MAX_FRAMES + 1, 1, 48), 2)
+    with pytest.raises(ValueError, match="heads_per_program=3 must divide the 2 heads"):
+        fused_temporal_attention(qkv, 2, heads_per_program=3)
+    with pytest.raises(ValueError, match="channels must be contiguous"):
+        fused_temporal_attention(qkv.transpose(1, 3).contiguous().transpose(1, 3), 2)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_kernel_matches_reference_in_the_interpreter() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "interpret_temporal_kernel.py")], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    errors = json.loads(done.stdout.strip().splitlines()[-1])
+    assert errors.pop("model kernel calls") == 2  # both temporal blocks of the tiny STDiT3 ran the kernel
+    assert errors.pop("model") < 1e-5
+    # the tiny Latte's spatial (16 tokens) and temporal (4 frames) self-attentions, not its cross-attentions
+    assert errors.pop("latte kernel calls") == 4
+    assert errors.pop("latte") < 1e-5
+    fp32 = {k: v for k, v in errors.items() if "float32 norm" in k}
+    assert fp32 and max(fp32.values()) < 1e-5, fp32
+    for key in (k for k in errors if "bfloat16" in k and "vs" not in k):
+        # bf16: within a few bf16 steps of the reference, and about as far from the float32 computation as
+        # the reference is. The interpreter truncates float32 -> bf16 where the GPU rounds to nearest, so its
+        # rounding errors are up to twice the GPU's (the GPU comparison: scripts/bench_kernels.py).
+        assert errors[key] < 0.05, key
+        assert errors[key + " kernel vs float32"] <= 3 * errors[key + " reference vs float32"] + 2**-6, key
