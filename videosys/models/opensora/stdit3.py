@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from videosys.kernels import fused_temporal_attention, fused_temporal_attention_applies
 from videosys.pab import PABRun, run_module
 from videosys.parallel import ParallelState, comm
 
@@ -341,6 +342,16 @@ class SelfAttention(nn.Module):
         out = out.transpose(1, 2).reshape(n, length, c)
         return self.proj(out)
 
+    def over_frames(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``forward`` along the frame axis of frame-major ``x`` ``[B, T, S, C]`` (attention over ``T`` for
+        each of the ``S`` positions) -> ``[B, T, S, C]``, without regrouping the tokens: the ``qkv`` GEMM,
+        then qk-norm, RoPE and the attention in one kernel (:func:`videosys.kernels.fused_temporal_attention`;
+        only where :func:`videosys.kernels.fused_temporal_attention_applies`), then ``proj``."""
+        q_weight = self.q_norm.weight if isinstance(self.q_norm, RMSNorm) else None
+        k_weight = self.k_norm.weight if isinstance(self.k_norm, RMSNorm) else None
+        out = fused_temporal_attention(self.qkv(x), self.num_heads, q_weight, k_weight, rope, NORM_EPS)
+        return self.proj(out)
+
 
 class CrossAttention(nn.Module):
     """Video tokens attend to text tokens: ``q_linear``, ``kv_linear`` (split 2 x heads x head_dim), ``proj``."""
@@ -386,6 +397,9 @@ class STDiT3Block(nn.Module):
         self.norm2 = nn.LayerNorm(hidden_size, eps=NORM_EPS, elementwise_affine=False)
         self.mlp = Mlp(hidden_size, mlp_hidden)
         self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
+        #: temporal blocks: attention over frames in one fused kernel where it applies (CUDA, Triton, fp16 /
+        #: bf16, at most 64 frames); ``False`` keeps the torch path (:func:`videosys.kernels.use_fused_kernels`)
+        self.fused_kernel = True
 
     # -- the broadcastable pieces (each returns what PAB keeps) -------------------------------------------
     def spatial_attention(
@@ -408,9 +422,12 @@ class STDiT3Block(nn.Module):
     def temporal_attention(
         self, h: torch.Tensor, frames: int, rope: tuple[torch.Tensor, torch.Tensor] | None
     ) -> torch.Tensor:
-        """Attention over the ``T`` frames of each spatial position held here: ``[B*S', T, C]``, RoPE on q/k."""
+        """Attention over the ``T`` frames of each spatial position held here: ``[B*S', T, C]``, RoPE on q/k
+        (in the frame-major layout by one fused kernel where it applies: :meth:`SelfAttention.over_frames`)."""
         b, n, c = h.shape
         tokens = n // frames
+        if self.fused_kernel and fused_temporal_attention_applies(h, frames, self.attn.head_dim):
+            return self.attn.over_frames(h.view(b, frames, tokens, c), rope).view(b, n, c)
         h = h.reshape(b, frames, tokens, c).transpose(1, 2).reshape(b * tokens, frames, c)
         h = self.attn(h, rope=rope)
         return h.reshape(b, tokens, frames, c).transpose(1, 2).reshape(b, n, c)
