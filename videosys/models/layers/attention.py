@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from videosys.kernels import fused_temporal_attention, fused_temporal_attention_applies
+
 logger = logging.getLogger(__name__)
 
 FLASH = "flash"
@@ -154,6 +156,9 @@ class Attention(nn.Module):
         # A ModuleList so the checkpoint key is ``to_out.0`` as in diffusers (whose ``to_out.1`` is a
         # parameterless dropout).
         self.to_out = nn.ModuleList([nn.Linear(self.inner_dim, query_dim, bias=out_bias)])
+        #: an unmasked self-attention over at most 64 tokens (the temporal blocks) runs as one fused kernel
+        #: where it applies (:meth:`short_self_attention`); ``False`` keeps the torch path
+        self.fused_kernel = True
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
@@ -171,6 +176,13 @@ class Attention(nn.Module):
         ``attention_mask``: optional boolean key mask ``[B, L_kv]`` (``True`` = attend).
         Returns ``[B, S, query_dim]``.
         """
+        if (
+            encoder_hidden_states is None
+            and attention_mask is None
+            and self.fused_kernel
+            and fused_temporal_attention_applies(hidden_states, hidden_states.shape[1], self.dim_head)
+        ):
+            return self.short_self_attention(hidden_states)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         q = self._split_heads(self.to_q(hidden_states))
         k = self._split_heads(self.to_k(context))
@@ -187,3 +199,16 @@ class Attention(nn.Module):
         b, _, s, _ = out.shape
         out = out.transpose(1, 2).reshape(b, s, self.inner_dim).to(q.dtype)
         return self.to_out[0](out)
+
+    def short_self_attention(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Self-attention of ``hidden_states`` ``[B, S, query_dim]`` (``S`` <= 64) through
+        :func:`videosys.kernels.fused_temporal_attention`: one GEMM for q, k and v (the three weights side
+        by side), the kernel on its output as ``B`` single-position sequences of ``S`` "frames", ``to_out``.
+        The same function as :meth:`forward` without a mask, within the dtype's rounding."""
+        b, s, _ = hidden_states.shape
+        weight = torch.cat((self.to_q.weight, self.to_k.weight, self.to_v.weight))
+        biases = (self.to_q.bias, self.to_k.bias, self.to_v.bias)
+        bias = None if biases[0] is None else torch.cat(biases)  # type: ignore[arg-type]
+        qkv = F.linear(hidden_states, weight, bias).view(b, s, 1, 3 * self.inner_dim)
+        out = fused_temporal_attention(qkv, self.heads)
+        return self.to_out[0](out.view(b, s, self.inner_dim))
