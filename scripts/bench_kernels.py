@@ -4,7 +4,12 @@ compiled denoiser call could still save time (docs/benchmarks.md, fifth session)
 * qk RMS norm over ``head_dim`` = 72 (Open-Sora's q at 480p 2s, spatial and temporal layouts):
   the reference float32 formula, ``F.rms_norm`` (what STDiT3 runs), a ``vector_norm`` form, and the
   reference formula through ``torch.compile``;
-* the MLP's first GEMM + tanh GELU, unfused and as cuBLASLt's GELU epilogue (``torch._addmm_activation``).
+* the MLP's first GEMM + tanh GELU, unfused and as cuBLASLt's GELU epilogue (``torch._addmm_activation``);
+* STDiT3's temporal attention at Open-Sora's 480p 2s shape (``[2, 15 x 1590, 1152]``, 16 heads of 72):
+  the torch path (eager and compiled) against the fused Triton kernel (:mod:`videosys.kernels`), each
+  against the same block in float32;
+* each linear of a block (``qkv``, ``proj``, ``fc1``, ``fc2``) in bf16 against float8 e4m3 with a scale per
+  token and per output channel (``torch._scaled_mm``), and what quantizing the activations costs.
 
     python scripts/bench_kernels.py [--repeats 20]
 """
@@ -20,12 +25,18 @@ import torch
 import torch.nn.functional as F
 
 from videosys.bench.timing import cuda_event_median_ms
+from videosys.kernels import fused_temporal_attention, temporal_attention_reference
+from videosys.models.layers.rope import RotaryEmbedding
+from videosys.models.opensora.stdit3 import STDiT3Block
 
 logger = logging.getLogger("bench_kernels")
 
 EPS = 1e-6
 NORM_SHAPES = {"spatial [B*T, S, heads, 72]": (28, 1590, 16, 72), "temporal [B*S, T, heads, 72]": (3180, 14, 16, 72)}
 MLP_TOKENS, HIDDEN, MLP_HIDDEN = 2 * 14 * 1590, 1152, 4608
+LINEARS = {"qkv": (HIDDEN, 3 * HIDDEN), "proj": (HIDDEN, HIDDEN), "fc1": (HIDDEN, MLP_HIDDEN),
+           "fc2": (MLP_HIDDEN, HIDDEN)}
+FP8_MAX = 448.0
 
 
 def rms_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -41,6 +52,73 @@ def rms_fused(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def rms_vector_norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     ms = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square_().div_(x.shape[-1])
     return x * ms.add_(EPS).rsqrt_().to(x.dtype) * w
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float8 e4m3 rows and their float32 scales ``[rows, 1]`` (amax / 448 per row)."""
+    scale = x.abs().amax(-1, keepdim=True).float().clamp_(min=1e-12) / FP8_MAX
+    return (x / scale).to(torch.float8_e4m3fn), scale
+
+
+def bench_fp8(tokens: int, device: str, dtype: torch.dtype, repeats: int, cuda: bool) -> None:
+    """Each block linear in bf16 and as a row-scaled float8 GEMM (weights quantized once, activations per
+    call: the quantize is timed on its own, eager and compiled)."""
+    quantize = torch.compile(quantize_rows) if cuda else quantize_rows
+    for name, (k, n) in LINEARS.items():
+        x = torch.randn(tokens, k, device=device, dtype=dtype)
+        w = torch.randn(n, k, device=device, dtype=dtype) * k**-0.5
+        b = torch.randn(n, device=device, dtype=dtype) * 0.1
+        want = F.linear(x.float(), w.float(), b.float())
+        qw, sw = quantize_rows(w)
+        qx, sx = quantize_rows(x)
+        logger.info("%s [%d, %d] x [%d, %d]:", name, tokens, k, k, n)
+        timed("bf16 linear", functools.partial(F.linear, x, w, b), want, repeats, cuda)
+        timed("float8 GEMM (row scales)", functools.partial(
+            torch._scaled_mm, qx, qw.t(), scale_a=sx, scale_b=sw.t(), bias=b, out_dtype=dtype), want, repeats, cuda)
+        timed("quantize x (eager)", functools.partial(quantize_rows, x), None, repeats, cuda)
+        timed("quantize x (compiled)", functools.partial(quantize, x), None, repeats, cuda)
+
+
+def bench_temporal_attention(scale: float, device: str, dtype: torch.dtype, repeats: int, cuda: bool) -> None:
+    """An STDiT3 temporal block's ``temporal_attention`` (regroup, qkv, qk-norm, RoPE, attention, proj)
+    on the torch path and fused, against the float32 block."""
+    frames, positions = 15, max(2, int(1590 * scale))
+    torch.manual_seed(0)
+    exact = STDiT3Block(HIDDEN, 16, MLP_HIDDEN, qk_norm=True, temporal=True).to(device).eval()
+    with torch.no_grad():
+        for norm in (exact.attn.q_norm, exact.attn.k_norm):
+            norm.weight.uniform_(0.5, 1.5)
+    block = STDiT3Block(HIDDEN, 16, MLP_HIDDEN, qk_norm=True, temporal=True).to(device, dtype).eval()
+    block.load_state_dict(exact.state_dict())
+    h = torch.randn(2, frames * positions, HIDDEN, device=device)
+    rope = RotaryEmbedding(72).to(device).cos_sin(frames, device)
+    with torch.no_grad():
+        want = exact.temporal_attention(h, frames, rope)
+    h = h.to(dtype)
+
+    def run(fused: bool, fn: Callable[..., torch.Tensor] = block.temporal_attention) -> Callable[[], torch.Tensor]:
+        def call() -> torch.Tensor:
+            block.fused_kernel = fused
+            with torch.no_grad():
+                return fn(h, frames, rope)
+        return call
+
+    logger.info("STDiT3 temporal attention, [2, %d x %d, %d]:", frames, positions, HIDDEN)
+    timed("torch path (eager)", run(False), want, repeats, cuda)
+    if cuda:
+        timed("torch path (compiled)", run(False, torch.compile(block.temporal_attention)), want, repeats, cuda)
+    timed("fused kernel", run(True), want, repeats, cuda)
+    if not cuda:
+        return
+    with torch.no_grad():
+        qkv = block.attn.qkv(h.view(2, frames, positions, HIDDEN))
+    weights = block.attn.q_norm.weight, block.attn.k_norm.weight
+    reference = temporal_attention_reference(qkv, 16, *weights, rope)
+    logger.info("  the kernel alone on the qkv projection (error against temporal_attention_reference):")
+    for heads, warps in ((1, 1), (1, 2), (1, 4), (1, 8), (2, 2), (2, 4), (4, 4), (4, 8), (8, 8)):
+        timed(f"{heads} heads/program, {warps} warps", functools.partial(
+            fused_temporal_attention, qkv, 16, *weights, rope, heads_per_program=heads, num_warps=warps),
+            reference, repeats, cuda)
 
 
 def timed(name: str, fn: Callable[[], torch.Tensor], want: torch.Tensor | None, repeats: int, cuda: bool) -> None:
@@ -79,6 +157,8 @@ def main() -> None:
     timed("linear alone", lambda: F.linear(x, w, b), None, args.repeats, cuda)
     timed("GELU epilogue (cuBLASLt)", lambda: torch._addmm_activation(b, x, w.t(), use_gelu=True), want,
           args.repeats, cuda)
+    bench_temporal_attention(args.scale, device, dtype, args.repeats, cuda)
+    bench_fp8(tokens, device, dtype, args.repeats, cuda)
 
 
 if __name__ == "__main__":

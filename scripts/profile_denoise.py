@@ -26,6 +26,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from videosys import VideoSysEngine
+from videosys.kernels import use_fused_kernels
 
 logger = logging.getLogger("profile")
 
@@ -99,6 +100,8 @@ def main() -> None:
     ap.add_argument("--denoiser-only", action="store_true",
                     help="profile the denoiser alone on one captured call's inputs (PAB off)")
     ap.add_argument("--calls", type=int, default=5, help="denoiser calls timed and profiled (--denoiser-only)")
+    ap.add_argument("--no-fused", action="store_true",
+                    help="keep the torch path where a fused kernel applies (videosys.kernels), for an A/B")
     ap.add_argument("--device", default="cuda", help="cuda (default), or cpu for a dry run of the script")
     ap.add_argument("--weights", default="random",
                     help="'random' (default: full size) or a checkpoint folder ('' the model's default weights)")
@@ -106,6 +109,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     engine = VideoSysEngine(args.model, weights=args.weights or None, device=args.device, progress=False,
                             compile=args.compile)
+    if args.no_fused:
+        use_fused_kernels(engine.load()._executor.pipeline.transformer, False)
     if args.denoiser_only:
         profile_denoiser(engine, args.calls, args.top, args.trace)
         return
