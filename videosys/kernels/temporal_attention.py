@@ -59,14 +59,14 @@ RopeTables = tuple[torch.Tensor, torch.Tensor] | None
 
 @torch.compiler.assume_constant_result
 def triton_available() -> bool:
-    """Whether Triton is installed (asked once per process by :func:`_kernel`; a constant to Dynamo)."""
+    """Whether Triton is installed (a constant to Dynamo, which bakes the answer into compiled code)."""
     return importlib.util.find_spec("triton") is not None
 
 
 def fused_temporal_attention_applies(x: torch.Tensor, frames: int, head_dim: int) -> bool:
     """Whether :func:`fused_temporal_attention` takes tokens like ``x`` over ``frames`` frames: a CUDA
-    tensor in fp16 / bf16, ``2 <= frames <` :data:`MAX_FRAMES`, ``head_dim`` at most :data:`MAX_HEAD_DIM`
-    and even (RoPE pairs), and Triton installed."""
+    tensor in fp16 / bf16, ``2 <= frames <=`` :data:`MAX_FRAMES`, ``head_dim`` at most
+    :data:`MAX_HEAD_DIM` and even (RoPE pairs), and Triton installed."""
     return (
         triton_available()
         and x.is_cuda
@@ -139,8 +139,10 @@ def fused_temporal_attention(
     ``q_weight`` / ``k_weight``: RMS-norm scales ``[head_dim]`` for q / k (``None``: no norm); ``rope``:
     float32 ``(cos, sin)`` ``[T, head_dim]`` tables of interleaved channel pairs (``None``: no rotation).
     ``heads_per_program`` / ``num_warps``: launch tuning (default :data:`DEFAULT_HEADS_PER_PROGRAM` heads
-    where they divide ``num_heads``, else one; :data:`DEFAULT_NUM_WARPS` warps). Only for inputs :func:`fused_temporal_attention_applies` accepts (the Triton interpreter also runs it on
-    CPU tensors, for tests). Outside ``torch.compile``'s graphs (a graph break): Inductor schedules the
+    where they divide ``num_heads``, else one; :data:`DEFAULT_NUM_WARPS` warps).
+
+    Only for inputs :func:`fused_temporal_attention_applies` accepts (the Triton interpreter also runs it
+    on CPU tensors, for tests). Outside ``torch.compile``'s graphs (a graph break): Inductor compiles the
     ops around it.
     """
     head_dim = _check(qkv, num_heads, (q_weight, k_weight), rope)
