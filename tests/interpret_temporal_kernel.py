@@ -24,23 +24,25 @@ def kernel_cases() -> dict[str, float]:
     # (batch, frames, positions, heads, head_dim): 15 frames and head_dim 72 are Open-Sora's (not powers of 2)
     for b, t, s, h, d in ((2, 15, 3, 2, 72), (1, 2, 4, 3, 8), (2, 33, 2, 1, 16)):
         for dtype in (torch.float32, torch.bfloat16):
-            for norm in (True, False):
-                for rope in (True, False):
-                    # a strided view: the q|k|v channels of a wider tensor (rows 3C + 8 apart)
-                    qkv = torch.randn(b, t, s, 3 * h * d + 8, generator=g)[..., 4:4 + 3 * h * d].to(dtype)
-                    qw = torch.rand(d, generator=g).to(dtype) + 0.5 if norm else None
-                    kw = torch.rand(d, generator=g).to(dtype) + 0.5 if norm else None
-                    tables = RotaryEmbedding(d).cos_sin(t) if rope else None
-                    got = fused_temporal_attention(qkv, h, qw, kw, tables)
-                    want = temporal_attention_reference(qkv, h, qw, kw, tables)
-                    assert got.shape == want.shape == (b, t, s, h * d) and got.dtype == dtype
-                    key = f"{b}x{t}x{s}x{h}x{d} {str(dtype)[6:]} norm={norm} rope={rope}"
-                    out[key] = (got.float() - want.float()).abs().max().item()
-                    if dtype != torch.float32:  # both against the float32 computation on the same inputs
-                        exact = temporal_attention_reference(qkv.float(), h, None if qw is None else qw.float(),
-                                                             None if kw is None else kw.float(), tables)
-                        out[key + " kernel vs float32"] = (got.float() - exact).abs().max().item()
-                        out[key + " reference vs float32"] = (want.float() - exact).abs().max().item()
+            # every norm / RoPE combination at Open-Sora's head size, both or neither at the others
+            combos = ((True, True), (True, False), (False, True), (False, False)) if d == 72 else \
+                ((True, True), (False, False))
+            for norm, rope in combos:
+                # a strided view: the q|k|v channels of a wider tensor (rows 3C + 8 apart)
+                qkv = torch.randn(b, t, s, 3 * h * d + 8, generator=g)[..., 4:4 + 3 * h * d].to(dtype)
+                qw = torch.rand(d, generator=g).to(dtype) + 0.5 if norm else None
+                kw = torch.rand(d, generator=g).to(dtype) + 0.5 if norm else None
+                tables = RotaryEmbedding(d).cos_sin(t) if rope else None
+                got = fused_temporal_attention(qkv, h, qw, kw, tables)
+                want = temporal_attention_reference(qkv, h, qw, kw, tables)
+                assert got.shape == want.shape == (b, t, s, h * d) and got.dtype == dtype
+                key = f"{b}x{t}x{s}x{h}x{d} {str(dtype)[6:]} norm={norm} rope={rope}"
+                out[key] = (got.float() - want.float()).abs().max().item()
+                if dtype != torch.float32:  # both against the float32 computation on the same inputs
+                    exact = temporal_attention_reference(qkv.float(), h, None if qw is None else qw.float(),
+                                                         None if kw is None else kw.float(), tables)
+                    out[key + " kernel vs float32"] = (got.float() - exact).abs().max().item()
+                    out[key + " reference vs float32"] = (want.float() - exact).abs().max().item()
     qkv = torch.randn(2, 15, 3, 3 * 4 * 8, generator=g)
     tables = RotaryEmbedding(8).cos_sin(15)
     weights = torch.rand(8, generator=g) + 0.5, torch.rand(8, generator=g) + 0.5

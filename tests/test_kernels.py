@@ -21,10 +21,14 @@ from videosys.kernels import (
     fused_temporal_attention,
     fused_temporal_attention_applies,
     temporal_attention_reference,
+    use_fused_kernels,
 )
 from videosys.kernels import temporal_attention as kernel_module
+from videosys.models.layers import attention as attention_module
 from videosys.models.layers.rope import RotaryEmbedding
+from videosys.models.opensora import stdit3 as stdit3_module
 from videosys.models.opensora.stdit3 import SelfAttention
+from videosys.testing.tiny_stdit3 import make_stdit3
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,6 +81,29 @@ def test_bad_arguments_are_named() -> None:
         fused_temporal_attention(qkv, 2, heads_per_program=3)
     with pytest.raises(ValueError, match="channels must be contiguous"):
         fused_temporal_attention(qkv.transpose(1, 3).contiguous().transpose(1, 3), 2)
+
+
+def test_use_fused_kernels_switches_every_module_to_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the kernels off, a model whose every check says "applies" never calls a kernel."""
+    model = make_stdit3(seed=0, num_heads=4, hidden_size=64)
+    assert use_fused_kernels(model, False) == 4  # every block holds the switch (the temporal ones use it)
+    assert not any(getattr(m, "fused_kernel", False) for m in model.modules())
+
+    def no_kernel(*args: object, **kwargs: object) -> torch.Tensor:
+        raise AssertionError("the kernel ran although the model's kernels are off")
+
+    for module in (stdit3_module, attention_module):
+        monkeypatch.setattr(module, "fused_temporal_attention_applies", lambda *args: True)
+        monkeypatch.setattr(module, "fused_temporal_attention", no_kernel)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        out = model(torch.randn(2, 4, 3, 4, 4, generator=g), torch.tensor([977.3, 40.0]),
+                    torch.randn(2, 5, 32, generator=g), torch.ones(2, 5, dtype=torch.bool))
+    assert out.shape == (2, 8, 3, 4, 4) and torch.isfinite(out).all()
+    assert use_fused_kernels(model) == 4 and all(block.fused_kernel for block in model.temporal_blocks)
+    with pytest.raises(AssertionError, match="the kernel ran"):
+        model(torch.randn(2, 4, 3, 4, 4, generator=g), torch.tensor([977.3, 40.0]),
+              torch.randn(2, 5, 32, generator=g), torch.ones(2, 5, dtype=torch.bool))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")

@@ -427,7 +427,7 @@ class STDiT3Block(nn.Module):
         b, n, c = h.shape
         tokens = n // frames
         if self.fused_kernel and fused_temporal_attention_applies(h, frames, self.attn.head_dim):
-            return self.attn.over_frames(h.view(b, frames, tokens, c), rope).view(b, n, c)
+            return self.attn.over_frames(h.reshape(b, frames, tokens, c), rope).reshape(b, n, c)
         h = h.reshape(b, frames, tokens, c).transpose(1, 2).reshape(b * tokens, frames, c)
         h = self.attn(h, rope=rope)
         return h.reshape(b, tokens, frames, c).transpose(1, 2).reshape(b, n, c)
