@@ -127,3 +127,30 @@ def test_kernel_matches_reference_in_the_interpreter() -> None:
         # rounding errors are up to twice the GPU's (the GPU comparison: scripts/bench_kernels.py).
         assert errors[key] < 0.05, key
         assert errors[key + " kernel vs float32"] <= 3 * errors[key + " reference vs float32"] + 2**-6, key
+
+
+@pytest.mark.parametrize("model", ["latte", "opensora"])
+def test_engine_switch_reaches_the_loaded_denoiser(model: str, request: pytest.FixtureRequest) -> None:
+    """``VideoSysEngine(fused_kernels=False)`` turns every kernel switch of the loaded denoiser off; the
+    default leaves them on (used only where a kernel applies: on CUDA with Triton)."""
+    from videosys import VideoSysEngine
+
+    weights = request.getfixturevalue(f"tiny_{model}_dir")
+
+    def switches(**kwargs: object) -> list[bool]:
+        spec = VideoSysEngine(model, weights=weights, device="cpu", progress=False, **kwargs).pipeline_spec()
+        pipeline = spec.build()
+        return [m.fused_kernel for m in pipeline.transformer.modules() if hasattr(m, "fused_kernel")]
+
+    on, off = switches(), switches(fused_kernels=False)
+    assert on and all(on)
+    assert len(off) == len(on) and not any(off)
+
+
+@pytest.mark.parametrize("command", [["generate", "x"], ["bench"]])
+def test_cli_no_fused_kernels(command: list[str]) -> None:
+    from videosys.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(command).fused_kernels is True
+    assert parser.parse_args([*command, "--no-fused-kernels"]).fused_kernels is False

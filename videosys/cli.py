@@ -47,9 +47,16 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the denoiser's block pieces (faster on a GPU after a first, slower request)")
     p.add_argument("--offload-text-encoder", action="store_true",
                    help="keep the text encoder in host memory, on the device only while it encodes")
+    add_fused_kernels_argument(p)
     add_pool_arguments(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_fused_kernels_argument(p: argparse.ArgumentParser) -> None:
+    """``--no-fused-kernels``: the torch path where a fused Triton kernel would apply (videosys.kernels)."""
+    p.add_argument("--no-fused-kernels", dest="fused_kernels", action="store_false",
+                   help="keep the attention on the torch path where a fused Triton kernel would apply (GPU)")
 
 
 def add_pab_cache_argument(p: argparse.ArgumentParser) -> None:
@@ -130,8 +137,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"output: suffix {out.suffix!r} not allowed (allowed: .mp4, .gif, or a folder for PNG frames)")
     engine = VideoSysEngine(model=args.model, weights=args.weights, device=args.device, dtype=args.dtype,
                             pab=with_cache_format(args.pab, args.pab_cache), progress=not args.no_progress,
-                            compile=args.compile,
-                            offload_text_encoder=args.offload_text_encoder, **pool_kwargs(args))
+                            compile=args.compile, offload_text_encoder=args.offload_text_encoder,
+                            fused_kernels=args.fused_kernels, **pool_kwargs(args))
     with engine:
         return _generate_with(engine, args, out)
 

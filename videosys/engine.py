@@ -80,7 +80,9 @@ class VideoSysEngine:
     (:mod:`videosys.models.compile`; the first request of each size pays the compilation; outputs move within
     the dtype's rounding). ``offload_text_encoder=True`` keeps the text encoder in pinned host memory and puts
     it on the device only to encode a prompt (:mod:`videosys.models.offload`: its memory stays free for
-    denoising, for one host-to-device copy per request).
+    denoising, for one host-to-device copy per request). ``fused_kernels=False`` keeps the denoiser's
+    attention on the torch path where a fused Triton kernel would apply (:mod:`videosys.kernels`; on by
+    default, used only on CUDA devices with Triton).
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class VideoSysEngine:
         timeout_s: float = 1800.0,
         compile: bool = False,
         offload_text_encoder: bool = False,
+        fused_kernels: bool = True,
     ) -> None:
         layout = PoolLayout(world_size, ParallelConfig(sp=sp, cfg=cfg_parallel))  # bad layouts fail first
         pool = world_size > 1 or ray_address is not None
@@ -127,6 +130,7 @@ class VideoSysEngine:
         self.random_weights = random_weights
         self.compile = bool(compile)
         self.offload_text_encoder = bool(offload_text_encoder)
+        self.fused_kernels = bool(fused_kernels)
         spec = self.pipeline_spec()
         self.layout = layout
         self._executor: Executor = (RayExecutor(spec, layout, address=ray_address, placement=placement,
@@ -139,7 +143,7 @@ class VideoSysEngine:
         return PipelineSpec(pipeline=self.spec.pipeline, checkpoint=self.checkpoint, config=self.config,
                             device=str(self.device), dtype=self.dtype,
                             random_of=self.spec.name if self.random_weights else None, compile=self.compile,
-                            offload_text_encoder=self.offload_text_encoder)
+                            offload_text_encoder=self.offload_text_encoder, fused_kernels=self.fused_kernels)
 
     @property
     def model(self) -> str:

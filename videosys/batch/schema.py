@@ -24,7 +24,8 @@ class ModelSection:
     """Which model runs: a registered name, a checkpoint folder or hub id (``None``: the model's bundled
     default), the device/dtype (``None``: the engine's defaults), and the engine's speed/memory options
     (``compile``: torch.compile of the denoiser's block pieces; ``offload_text_encoder``: the text encoder in
-    host memory between prompts)."""
+    host memory between prompts; ``fused_kernels``: ``false`` keeps the torch path where a fused Triton kernel
+    would apply)."""
 
     name: str = "latte"
     weights: str | None = None
@@ -32,6 +33,7 @@ class ModelSection:
     dtype: str | None = None
     compile: bool = False
     offload_text_encoder: bool = False
+    fused_kernels: bool = True
 
 
 @dataclass

@@ -31,8 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--offload-text-encoder", action="store_true",
                    help="text encoder in host memory between requests (its copy to the GPU is timed with it)")
     p.add_argument("--json", default=None, help="write the results here")
-    from ..cli import add_pool_arguments
+    from ..cli import add_fused_kernels_argument, add_pool_arguments
 
+    add_fused_kernels_argument(p)
     add_pool_arguments(p)  # --gpus N --sp K ...: the same requests through the Ray worker pool
     p.set_defaults(handler=run_bench_command)
 
@@ -50,7 +51,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
         report = run_bench(model, pab=presets, repeats=args.repeats, warmup=args.warmup, overrides=overrides,
                            device=args.device, weights=args.weights, pab_cache=args.pab_cache,
                            engine_kwargs={**pool_kwargs(args), "compile": args.compile,
-                                          "offload_text_encoder": args.offload_text_encoder})
+                                          "offload_text_encoder": args.offload_text_encoder,
+                                          "fused_kernels": args.fused_kernels})
         print(report.markdown() + "\n")
         out[model] = report.as_dict()
     if args.compare_diffusers:

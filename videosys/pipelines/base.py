@@ -36,6 +36,8 @@ class Pipeline(ABC):
     components: Sequence[str] = ()
     #: whether the denoiser's block pieces run through torch.compile (:meth:`enable_compile`)
     compile_denoiser: bool = False
+    #: whether the denoiser may use fused Triton kernels where they apply (:meth:`disable_fused_kernels`)
+    fused_kernels: bool = True
     #: the text encoder's host copies while it is offloaded (:meth:`enable_text_encoder_offload`)
     text_encoder_visits: DeviceVisits | None = None
     parallel: ParallelState
@@ -46,13 +48,28 @@ class Pipeline(ABC):
     def load(cls, checkpoint: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype,
              parallel: ParallelState | None = None) -> Pipeline: ...
 
+    def disable_fused_kernels(self) -> None:
+        """Keep the denoiser on the torch path where a fused kernel would apply (:mod:`videosys.kernels`),
+        from now on (a transformer loaded later too: :meth:`apply_denoiser_options`)."""
+        self.fused_kernels = False
+        self.apply_denoiser_options()
+
+    def apply_denoiser_options(self) -> None:
+        """Apply this pipeline's denoiser options (fused kernels off, ``torch.compile``) to its current
+        transformer: when an option is switched and after another transformer loads."""
+        from videosys.kernels import use_fused_kernels
+        from videosys.models.compile import compile_pieces
+
+        if not self.fused_kernels:
+            use_fused_kernels(self.transformer, False)
+        if self.compile_denoiser:
+            compile_pieces(self.transformer)
+
     def enable_compile(self) -> None:
         """Run the denoiser's broadcastable block pieces through ``torch.compile`` from now on (a transformer
         loaded later, e.g. another Open-Sora-Plan variant, is compiled too)."""
-        from videosys.models.compile import compile_pieces
-
         self.compile_denoiser = True
-        compile_pieces(self.transformer)
+        self.apply_denoiser_options()
 
     def enable_text_encoder_offload(self) -> None:
         """Keep the text encoder in (pinned) host memory and put it on the device only while it encodes

@@ -121,8 +121,7 @@ class OpenSoraPlanPipeline(LattePipeline):
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self.transformer = self._load_transformer(folder, self.dtype, self.device)
-        if self.compile_denoiser:
-            self.enable_compile()  # the new transformer's pieces too
+        self.apply_denoiser_options()  # the new transformer's too (fused kernels off, compile)
         self.loaded_variant = key
         return self.transformer
 

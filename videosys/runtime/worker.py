@@ -33,6 +33,7 @@ class PipelineSpec:
     random_of: str | None = None  # random full-size weights of this model (rebuilt where the folder is missing)
     compile: bool = False  # torch.compile the denoiser's block pieces (videosys.models.compile)
     offload_text_encoder: bool = False  # text encoder in host memory between requests (videosys.models.offload)
+    fused_kernels: bool = True  # fused Triton kernels where they apply (videosys.kernels)
 
     def device_for(self, local_rank: int = 0) -> torch.device:
         device = torch.device(self.device)
@@ -52,6 +53,8 @@ class PipelineSpec:
 
             checkpoint = random_checkpoint(self.random_of)
         pipeline = cls.load(checkpoint, self.config, device, self.dtype, parallel=parallel)
+        if not self.fused_kernels:
+            pipeline.disable_fused_kernels()
         if self.compile:
             pipeline.enable_compile()
         if self.offload_text_encoder:
