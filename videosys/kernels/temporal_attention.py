@@ -25,6 +25,7 @@ rounds; scripts/bench_kernels.py on the GPU).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
@@ -57,10 +58,15 @@ DEFAULT_NUM_WARPS = 2
 RopeTables = tuple[torch.Tensor, torch.Tensor] | None
 
 
+@functools.lru_cache(maxsize=1)
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None  # ~0.1 ms: asked once per process
+
+
 @torch.compiler.assume_constant_result
 def triton_available() -> bool:
     """Whether Triton is installed (a constant to Dynamo, which bakes the answer into compiled code)."""
-    return importlib.util.find_spec("triton") is not None
+    return _triton_installed()
 
 
 def fused_temporal_attention_applies(x: torch.Tensor, frames: int, head_dim: int) -> bool:
@@ -68,8 +74,8 @@ def fused_temporal_attention_applies(x: torch.Tensor, frames: int, head_dim: int
     tensor in fp16 / bf16, ``2 <= frames <=`` :data:`MAX_FRAMES`, ``head_dim`` at most
     :data:`MAX_HEAD_DIM` and even (RoPE pairs), and Triton installed."""
     return (
-        triton_available()
-        and x.is_cuda
+        x.is_cuda
+        and triton_available()
         and x.dtype in _DTYPES
         and 2 <= frames <= MAX_FRAMES
         and head_dim <= MAX_HEAD_DIM
