@@ -8,6 +8,7 @@ compiled denoiser call could still save time (docs/benchmarks.md, fifth session)
 * STDiT3's temporal attention at Open-Sora's 480p 2s shape (``[2, 15 x 1590, 1152]``, 16 heads of 72):
   the torch path (eager and compiled) against the fused Triton kernel (:mod:`videosys.kernels`), each
   against the same block in float32;
+* Latte's temporal self-attention (16 frames, fp16): the torch path against the fused kernel;
 * each linear of a block (``qkv``, ``proj``, ``fc1``, ``fc2``) in bf16 against float8 e4m3 with a scale per
   token and per output channel (``torch._scaled_mm``), and what quantizing the activations costs.
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 from videosys.bench.timing import cuda_event_median_ms
 from videosys.kernels import fused_temporal_attention, temporal_attention_reference
+from videosys.models.layers.attention import Attention
 from videosys.models.layers.rope import RotaryEmbedding
 from videosys.models.opensora.stdit3 import STDiT3Block
 
@@ -121,6 +123,32 @@ def bench_temporal_attention(scale: float, device: str, dtype: torch.dtype, repe
             reference, repeats, cuda)
 
 
+def bench_short_self_attention(scale: float, device: str, repeats: int, cuda: bool) -> None:
+    """Latte's temporal self-attention (``attn1`` of a temporal block: 2 x 1024 positions of 16 frames, fp16)
+    on the torch path and as ``Attention.short_self_attention``, against the float32 module."""
+    dtype = torch.float16 if cuda else torch.float32
+    sequences, frames = max(2, int(2 * 1024 * scale)), 16
+    torch.manual_seed(0)
+    exact = Attention(HIDDEN, 16, 72, bias=True).to(device).eval()
+    attn = Attention(HIDDEN, 16, 72, bias=True).to(device, dtype).eval()
+    attn.load_state_dict(exact.state_dict())
+    x = torch.randn(sequences, frames, HIDDEN, device=device)
+    with torch.no_grad():
+        want = exact(x)
+    x = x.to(dtype)
+
+    def run(fused: bool) -> Callable[[], torch.Tensor]:
+        def call() -> torch.Tensor:
+            attn.fused_kernel = fused
+            with torch.no_grad():
+                return attn(x)
+        return call
+
+    logger.info("Latte temporal self-attention, [%d, %d, %d] %s:", sequences, frames, HIDDEN, dtype)
+    timed("torch path (eager)", run(False), want, repeats, cuda)
+    timed("fused kernel", run(True), want, repeats, cuda)
+
+
 def timed(name: str, fn: Callable[[], torch.Tensor], want: torch.Tensor | None, repeats: int, cuda: bool) -> None:
     err = float("nan") if want is None else (fn().float() - want.float()).abs().max().item()
     ms = cuda_event_median_ms(fn, repeats) if cuda else float("nan")
@@ -158,6 +186,7 @@ def main() -> None:
     timed("GELU epilogue (cuBLASLt)", lambda: torch._addmm_activation(b, x, w.t(), use_gelu=True), want,
           args.repeats, cuda)
     bench_temporal_attention(args.scale, device, dtype, args.repeats, cuda)
+    bench_short_self_attention(args.scale, device, args.repeats, cuda)
     bench_fp8(tokens, device, dtype, args.repeats, cuda)
 
 
