@@ -154,3 +154,23 @@ def test_cli_no_fused_kernels(command: list[str]) -> None:
     parser = build_parser()
     assert parser.parse_args(command).fused_kernels is True
     assert parser.parse_args([*command, "--no-fused-kernels"]).fused_kernels is False
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_gelu_tanh_forms(bias: bool) -> None:
+    """The plain form is exactly the tanh GELU of the linear; the epilogue form (forced here: on the CPU
+    ``_addmm_activation`` applies the exact GELU) keeps shapes and argument order, within the two GELUs'
+    difference; without a bias there is no epilogue."""
+    from videosys.models.layers.activations import linear_gelu_tanh
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 24, bias=bias)
+    x = torch.randn(2, 3, 5, 16)
+    with torch.no_grad():
+        want = torch.nn.functional.gelu(linear(x), approximate="tanh")
+        assert torch.equal(linear_gelu_tanh(x, linear), want)  # CPU: the plain form
+        fused = linear_gelu_tanh(x, linear, epilogue=True)
+    assert fused.shape == (2, 3, 5, 24)
+    torch.testing.assert_close(fused, want, rtol=0, atol=1e-3)
+    if bias:
+        assert not torch.equal(fused, want)  # the epilogue ran (exact GELU on the CPU)

@@ -32,6 +32,7 @@ from torch import nn
 from videosys.pab import PABRun, run_module
 from videosys.parallel import ParallelState, comm
 
+from .activations import linear_gelu_tanh
 from .attention import Attention
 from .norms import modulate
 
@@ -48,7 +49,7 @@ class GELUProjection(nn.Module):
         self.proj = nn.Linear(dim_in, dim_out, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.gelu(self.proj(x), approximate="tanh")
+        return linear_gelu_tanh(x, self.proj)
 
 
 class FeedForward(nn.Module):

@@ -66,6 +66,7 @@ from videosys.pab import PABRun, run_module
 from videosys.parallel import ParallelState, comm
 
 from ..config_values import is_int, is_number
+from ..layers.activations import linear_gelu_tanh
 from ..layers.attention import scaled_dot_product
 from ..layers.embeddings import timestep_sinusoids
 from ..layers.norms import RMSNorm, modulate
@@ -266,7 +267,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, in_features if out_features is None else out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(linear_gelu_tanh(x, self.fc1))
 
 
 class SinusoidEmbedder(nn.Module):
