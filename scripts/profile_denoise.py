@@ -26,7 +26,6 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from videosys import VideoSysEngine
-from videosys.kernels import use_fused_kernels
 
 logger = logging.getLogger("profile")
 
@@ -108,9 +107,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     engine = VideoSysEngine(args.model, weights=args.weights or None, device=args.device, progress=False,
-                            compile=args.compile)
-    if args.no_fused:
-        use_fused_kernels(engine.load()._executor.pipeline.transformer, False)
+                            compile=args.compile, fused_kernels=not args.no_fused)
     if args.denoiser_only:
         profile_denoiser(engine, args.calls, args.top, args.trace)
         return
