@@ -18,6 +18,22 @@ def test_first_call_flops_counts_one_forward_only() -> None:
     assert counter.flops == 2 * 4 * 16 * 32
 
 
+def test_first_call_flops_counts_the_gelu_epilogue_gemm() -> None:
+    """The MLP's GEMM with a GELU epilogue (eager CUDA) counts as the GEMM it is, like the plain form."""
+    from videosys.models.layers.activations import linear_gelu_tanh
+
+    layer = torch.nn.Linear(16, 32)
+    x = torch.randn(2, 4, 16)
+    counts = []
+    for epilogue in (False, True):
+        module = torch.nn.Module()
+        module.forward = lambda x, epilogue=epilogue: linear_gelu_tanh(x, layer, epilogue=epilogue)
+        counter = _FirstCallFlops(module)
+        module(x)
+        counts.append(counter.flops)
+    assert counts == [2 * 8 * 16 * 32] * 2
+
+
 def test_first_call_flops_leaves_compiled_pieces_compiled() -> None:
     """The FLOP-counted first call must not make torch.compile give up on the block pieces: the timed calls
     after it run the compiled graphs (they once ran eagerly, and ``bench --compile`` measured eager mode)."""
