@@ -9,6 +9,8 @@ compiled denoiser call could still save time (docs/benchmarks.md, fifth session)
   the torch path (eager and compiled) against the fused Triton kernel (:mod:`videosys.kernels`), each
   against the same block in float32;
 * Latte's temporal self-attention (16 frames, fp16): the torch path against the fused kernel;
+* the blocks' layer norm + adaLN modulation and gate (+ residual) at Open-Sora's (bf16) and Latte's (fp16)
+  token shapes: the torch path against the Triton kernels of :mod:`videosys.kernels.modulation`;
 * each linear of a block (``qkv``, ``proj``, ``fc1``, ``fc2``) in bf16 against float8 e4m3 with a scale per
   token and per output channel (``torch._scaled_mm``), and what quantizing the activations costs.
 
@@ -27,6 +29,12 @@ import torch.nn.functional as F
 
 from videosys.bench.timing import cuda_event_median_ms
 from videosys.kernels import fused_temporal_attention, temporal_attention_reference
+from videosys.kernels.modulation import (
+    apply_gate,
+    apply_gate_reference,
+    layer_norm_modulate,
+    layer_norm_modulate_reference,
+)
 from videosys.models.layers.attention import Attention
 from videosys.models.layers.rope import RotaryEmbedding
 from videosys.models.opensora.stdit3 import STDiT3Block
@@ -149,6 +157,35 @@ def bench_short_self_attention(scale: float, device: str, repeats: int, cuda: bo
     timed("fused kernel", run(True), want, repeats, cuda)
 
 
+#: token shapes ``[sequences, tokens, C]`` (two videos: two modulation groups) and dtypes of the models
+MODULATION_SHAPES = {"Open-Sora 480p 2s": ((2, 15 * 1590, HIDDEN), torch.bfloat16),
+                     "Latte 16 x 512 x 512": ((32, 1024, HIDDEN), torch.float16)}
+
+
+def bench_modulation(scale: float, device: str, repeats: int, cuda: bool) -> None:
+    """norm + modulation and gate (+ residual): the torch path and the Triton kernels (CUDA only), each
+    against the float32 computation."""
+    for name, (shape, dtype) in MODULATION_SHAPES.items():
+        shape = (shape[0], max(1, int(shape[1] * scale)), shape[2])
+        dtype = dtype if cuda else torch.float32
+        x, y = (torch.randn(shape, device=device) for _ in range(2))
+        shift, scale_, gate = (torch.randn(2, 6, HIDDEN, device=device) * 0.3).chunk(6, dim=1)[:3]
+        want_norm = layer_norm_modulate_reference(x, shift, scale_, EPS)
+        want_gate = apply_gate_reference(y, gate, x)
+        x, y, shift, scale_, gate = (t.to(dtype) for t in (x, y, shift, scale_, gate))
+        logger.info("%s tokens %s %s:", name, list(shape), dtype)
+        timed("norm + modulate, torch", functools.partial(layer_norm_modulate_reference, x, shift, scale_, EPS), want_norm,
+              repeats, cuda)
+        if cuda:
+            timed("norm + modulate, kernel", functools.partial(layer_norm_modulate, x, shift, scale_, EPS), want_norm,
+                  repeats, cuda)
+        timed("gate + residual, torch", functools.partial(apply_gate_reference, y, gate, x), want_gate, repeats, cuda)
+        timed("gate alone, torch", functools.partial(apply_gate_reference, y, gate), None, repeats, cuda)
+        if cuda:
+            timed("gate + residual, kernel", functools.partial(apply_gate, y, gate, x), want_gate, repeats, cuda)
+            timed("gate alone, kernel", functools.partial(apply_gate, y, gate), None, repeats, cuda)
+
+
 def timed(name: str, fn: Callable[[], torch.Tensor], want: torch.Tensor | None, repeats: int, cuda: bool) -> None:
     err = float("nan") if want is None else (fn().float() - want.float()).abs().max().item()
     ms = cuda_event_median_ms(fn, repeats) if cuda else float("nan")
@@ -187,6 +224,7 @@ def main() -> None:
           args.repeats, cuda)
     bench_temporal_attention(args.scale, device, dtype, args.repeats, cuda)
     bench_short_self_attention(args.scale, device, args.repeats, cuda)
+    bench_modulation(args.scale, device, args.repeats, cuda)
     bench_fp8(tokens, device, dtype, args.repeats, cuda)
 
 

@@ -1,7 +1,7 @@
-"""The fused temporal attention kernel (videosys.kernels): its torch reference is the STDiT3 temporal
-attention, the kernel matches the reference (in Triton's CPU interpreter, when Triton is installed: the
-test extras install it on Linux x86-64), and whole STDiT3 and Latte forwards with the kernel match the
-torch path."""
+"""The fused kernels (videosys.kernels): the temporal attention's torch reference is the STDiT3 temporal
+attention; each kernel matches its reference (in Triton's CPU interpreter, when Triton is installed: the
+test extras install it on Linux x86-64), and whole STDiT3 and Latte forwards with the kernels match the
+torch path; the switches that turn them off."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ from videosys.kernels import (
     use_fused_kernels,
 )
 from videosys.kernels import temporal_attention as kernel_module
+from videosys.kernels.modulation import apply_gate, layer_norm_modulate
 from videosys.models.layers import attention as attention_module
+from videosys.models.layers import norms as norms_module
 from videosys.models.layers.rope import RotaryEmbedding
 from videosys.models.opensora import stdit3 as stdit3_module
 from videosys.models.opensora.stdit3 import SelfAttention
@@ -86,7 +88,7 @@ def test_bad_arguments_are_named() -> None:
 def test_use_fused_kernels_switches_every_module_to_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the kernels off, a model whose every check says "applies" never calls a kernel."""
     model = make_stdit3(seed=0, num_heads=4, hidden_size=64)
-    assert use_fused_kernels(model, False) == 4  # every block holds the switch (the temporal ones use it)
+    assert use_fused_kernels(model, False) == 4  # every block holds the switch
     assert not any(getattr(m, "fused_kernel", False) for m in model.modules())
 
     def no_kernel(*args: object, **kwargs: object) -> torch.Tensor:
@@ -95,6 +97,9 @@ def test_use_fused_kernels_switches_every_module_to_the_torch_path(monkeypatch: 
     for module in (stdit3_module, attention_module):
         monkeypatch.setattr(module, "fused_temporal_attention_applies", lambda *args: True)
         monkeypatch.setattr(module, "fused_temporal_attention", no_kernel)
+    monkeypatch.setattr(norms_module, "modulation_kernels_apply", lambda *args: True)
+    monkeypatch.setattr(norms_module, "layer_norm_modulate", no_kernel)
+    monkeypatch.setattr(norms_module, "apply_gate", no_kernel)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         out = model(torch.randn(2, 4, 3, 4, 4, generator=g), torch.tensor([977.3, 40.0]),
@@ -127,6 +132,50 @@ def test_kernel_matches_reference_in_the_interpreter() -> None:
         # rounding errors are up to twice the GPU's (the GPU comparison: scripts/bench_kernels.py).
         assert errors[key] < 0.05, key
         assert errors[key + " kernel vs float32"] <= 3 * errors[key + " reference vs float32"] + 2**-6, key
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_modulation_kernels_match_the_torch_path_in_the_interpreter() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "interpret_modulation_kernels.py")], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    errors = json.loads(done.stdout.strip().splitlines()[-1])
+    # every block of the tiny STDiT3 (4) and Latte (2 spatial + 2 temporal): 2 norms and 2 gates each
+    assert errors.pop("stdit3 kernel calls") == errors.pop("latte kernel calls") == 16
+    assert errors.pop("stdit3") < 1e-5 and errors.pop("latte") < 1e-5
+    assert len(errors) == 4 * 3 * 4, sorted(errors)
+    for key, ulps in errors.items():
+        # in epsilons of the dtype: float32 norms differ in summation order only; the gate's product and sum
+        # are the torch path's; fp16 rounds as the GPU does; the interpreter truncates float32 -> bf16
+        # where the GPU rounds to nearest, up to one more bf16 step per rounding
+        if "bfloat16" in key:
+            limit = {"norm": 4.0, "gate": 1.0, "gate+residual": 3.0}[key.split()[0]]
+        elif "float16" in key:
+            limit = 1.0 if key.startswith("norm") else 0.0
+        else:
+            limit = 8.0 if key.startswith("norm") else 0.0
+        assert ulps <= limit, (key, ulps)
+
+
+def test_modulation_kernels_refuse_bad_arguments() -> None:
+    x = torch.randn(3, 4, 8)
+    table = torch.randn(3, 6, 8)
+    shift, scale, gate = table.chunk(6, dim=1)[:3]
+    five = torch.randn(5, 2, 8).chunk(2, dim=1)
+    with pytest.raises(ValueError, match="do not split into 5 modulation groups"):
+        layer_norm_modulate(x, *five, 1e-6)
+    with pytest.raises(ValueError, match="modulation rows must be"):
+        apply_gate(x, torch.randn(3, 1, 7))
+    with pytest.raises(ValueError, match="x must be contiguous"):
+        layer_norm_modulate(x.transpose(0, 1), shift, scale, 1e-6)
+    with pytest.raises(ValueError, match="weight and bias come together"):
+        layer_norm_modulate(x, shift, scale, 1e-6, torch.ones(8), None)
+    with pytest.raises(ValueError, match="residual must match y"):
+        apply_gate(x, gate, x.half())
+    with pytest.raises(ValueError, match="normalized_shape"):
+        norms_module.norm_modulate(torch.nn.LayerNorm(4), x, shift, scale)
 
 
 @pytest.mark.parametrize("model", ["latte", "opensora"])

@@ -34,7 +34,7 @@ from videosys.parallel import ParallelState, comm
 
 from .activations import linear_gelu_tanh
 from .attention import Attention
-from .norms import modulate
+from .norms import gated, norm_modulate
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,9 @@ class LatteBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine)
         self.ff = FeedForward(dim, mult=ff_mult, activation_fn=activation_fn)
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
+        #: norm + modulation and gate (+ residual) as one kernel each where they apply (eager CUDA, Triton,
+        #: fp16 / bf16); ``False`` keeps the torch path (:func:`videosys.kernels.use_fused_kernels`)
+        self.fused_kernel = True
 
     # -- the three broadcastable pieces ------------------------------------------------------------
     def self_attention(
@@ -165,9 +168,7 @@ class LatteBlock(nn.Module):
         ``N`` a multiple of ``G``). With ``frame_shards`` (a temporal block under sequence parallel; ``G``
         must then be the number of videos) the attention runs over all frames between two all-to-alls;
         the output has ``x``'s local layout."""
-        n, s, c = x.shape
-        h = _grouped(self.norm1(x), shift.shape[0])
-        h = modulate(h, shift, scale).reshape(n, s, c)
+        h = norm_modulate(self.norm1, x, shift, scale, fused=self.fused_kernel)
         if frame_shards is None:
             return self.attn1(h)
         return frame_shards.to_local_frames(self.attn1(frame_shards.to_all_frames(h)))
@@ -185,10 +186,7 @@ class LatteBlock(nn.Module):
 
     def mlp(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """norm2 -> modulate -> feed-forward, before the gate."""
-        n, s, c = x.shape
-        h = _grouped(self.norm2(x), shift.shape[0])
-        h = modulate(h, shift, scale).reshape(n, s, c)
-        return self.ff(h)
+        return self.ff(norm_modulate(self.norm2, x, shift, scale, fused=self.fused_kernel))
 
     # -- forward -------------------------------------------------------------------------------------
     def forward(
@@ -220,13 +218,13 @@ class LatteBlock(nn.Module):
                 (``hidden_states`` holds this rank's frames, ``t_mod`` one row per video).
         """
         x = hidden_states
-        n, s, c = x.shape
+        c = x.shape[-1]
         g = t_mod.shape[0]
         mods = (self.scale_shift_table[None] + t_mod.reshape(g, 6, c)).chunk(6, dim=1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods  # each [G, 1, C]
 
         attn = run_module(pab, kind, block, lambda: self.self_attention(x, shift_msa, scale_msa, frame_shards))
-        x = (_grouped(attn, g) * gate_msa).reshape(n, s, c) + x
+        x = gated(attn, gate_msa, x, fused=self.fused_kernel)
 
         if self.attn2 is not None:
             if encoder_hidden_states is None:
@@ -239,4 +237,4 @@ class LatteBlock(nn.Module):
 
         x_in = x
         ff = run_module(pab, "mlp", block, lambda: self.mlp(x_in, shift_mlp, scale_mlp), site=kind)
-        return (_grouped(ff, g) * gate_mlp).reshape(n, s, c) + x
+        return gated(ff, gate_mlp, x, fused=self.fused_kernel)

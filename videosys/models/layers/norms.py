@@ -1,4 +1,9 @@
-"""Normalisation layers not covered by ``torch.nn``."""
+"""Normalisation layers not covered by ``torch.nn``, and adaLN modulation and gating.
+
+:func:`norm_modulate` and :func:`gated` take modulation rows ``[G, 1, C]`` for tokens ``[..., C]`` whose
+rows fall into ``G`` equal consecutive groups (one per video); in eager mode on CUDA they run as one Triton
+kernel each (:mod:`videosys.kernels.modulation`), elsewhere as the torch ops.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,50 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RMSNorm", "modulate"]
+from videosys.kernels.modulation import (
+    apply_gate,
+    apply_gate_reference,
+    layer_norm_modulate,
+    layer_norm_modulate_reference,
+    modulation_kernels_apply,
+)
+
+__all__ = ["RMSNorm", "gated", "modulate", "norm_modulate"]
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation ``x * (1 + scale) + shift`` as one fused multiply-add pass over ``x`` (one rounding
     instead of two in bf16)."""
     return torch.addcmul(shift, x, 1 + scale)
+
+
+def norm_modulate(
+    norm: nn.LayerNorm, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, *, fused: bool = True
+) -> torch.Tensor:
+    """``modulate(norm(x), shift, scale)`` with ``shift`` / ``scale`` ``[G, 1, C]`` one row per group of
+    ``x``'s rows; one kernel where :func:`videosys.kernels.modulation.modulation_kernels_apply` and
+    ``fused``."""
+    if tuple(norm.normalized_shape) != (x.shape[-1],):
+        raise ValueError(f"norm_modulate needs a layer norm over the last dimension ({x.shape[-1]}), got "
+                         f"normalized_shape {tuple(norm.normalized_shape)}")
+    if fused and shift.stride(-1) == 1 and scale.stride(-1) == 1 and modulation_kernels_apply(x):
+        return layer_norm_modulate(x, shift, scale, norm.eps, norm.weight, norm.bias)
+    return layer_norm_modulate_reference(x, shift, scale, norm.eps, norm.weight, norm.bias)
+
+
+def gated(
+    y: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor | None = None, *, fused: bool = True
+) -> torch.Tensor:
+    """``y * gate`` (``+ residual``) with ``gate`` ``[G, 1, C]`` one row per group of ``y``'s rows; one
+    kernel where :func:`videosys.kernels.modulation.modulation_kernels_apply` and ``fused``."""
+    if (
+        fused
+        and gate.stride(-1) == 1
+        and modulation_kernels_apply(y)
+        and (residual is None or (residual.is_contiguous() and residual.dtype == y.dtype))
+    ):
+        return apply_gate(y, gate, residual)
+    return apply_gate_reference(y, gate, residual)
 
 
 class RMSNorm(nn.Module):

@@ -69,7 +69,7 @@ from ..config_values import is_int, is_number
 from ..layers.activations import linear_gelu_tanh
 from ..layers.attention import scaled_dot_product
 from ..layers.embeddings import timestep_sinusoids
-from ..layers.norms import RMSNorm, modulate
+from ..layers.norms import RMSNorm, gated, modulate, norm_modulate
 from ..layers.rope import RotaryEmbedding, apply_rotary
 from ..weights import load_pretrained
 
@@ -446,12 +446,12 @@ class STDiT3Block(nn.Module):
     ) -> torch.Tensor:
         """``gate * attn(modulate(norm1(x)))``: everything the self-attention costs, the spatial one's
         sequence-parallel all-to-alls included (kept by PAB)."""
-        h = modulate(self.norm1(x), shift, scale)
+        h = norm_modulate(self.norm1, x, shift, scale, fused=self.fused_kernel)
         if self.temporal:
             h = self.temporal_attention(h, frames, rope)
         else:
             h = self.spatial_attention(h, frames, tokens, parallel)
-        return gate * h
+        return gated(h, gate, fused=self.fused_kernel)
 
     def cross_attention(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """Cross-attention output (no norm, no gate; kept by PAB)."""
@@ -461,7 +461,8 @@ class STDiT3Block(nn.Module):
         self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor
     ) -> torch.Tensor:
         """``gate * mlp(modulate(norm2(x)))`` (kept by PAB)."""
-        return gate * self.mlp(modulate(self.norm2(x), shift, scale))
+        h = norm_modulate(self.norm2, x, shift, scale, fused=self.fused_kernel)
+        return gated(self.mlp(h), gate, fused=self.fused_kernel)
 
     def forward(
         self,

@@ -1,0 +1,106 @@
+"""Run by tests/test_kernels.py in a child process with ``TRITON_INTERPRET=1`` (Triton's CPU interpreter):
+the layer-norm + modulation and gate kernels against their torch references, and whole STDiT3 and Latte
+forwards with both kernels against the torch path. Prints one JSON object: per case the largest difference
+in units of the dtype's epsilon at the reference's magnitude (``ulps``), and for the models the largest
+absolute difference and the number of kernel calls."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from videosys.kernels.modulation import (
+    apply_gate,
+    apply_gate_reference,
+    layer_norm_modulate,
+    layer_norm_modulate_reference,
+)
+from videosys.models.latte import LatteConfig, LatteTransformer3D
+from videosys.models.layers import norms as norms_module
+from videosys.testing.tiny_stdit3 import make_stdit3
+
+
+def ulps(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The largest ``|got - want|`` in epsilons of ``want``'s dtype at ``max(|want|, 1)``."""
+    assert got.shape == want.shape and got.dtype == want.dtype
+    scale = want.float().abs().clamp_min(1.0) * torch.finfo(want.dtype).eps
+    return ((got.float() - want.float()).abs() / scale).max().item()
+
+
+def kernel_cases() -> dict[str, float]:
+    g = torch.Generator().manual_seed(0)
+    out: dict[str, float] = {}
+    # (token shape, groups): one group per leading index (STDiT3), groups of sequences (Latte), one token per
+    # group, and Open-Sora's 1152 channels (not a power of two)
+    for shape, groups in (((2, 6, 40), 2), ((6, 5, 40), 2), ((3, 7, 24), 3), ((4, 3, 1152), 2)):
+        c = shape[-1]
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            x = (torch.randn(*shape, generator=g) * 3 + 1).to(dtype)
+            # shift / scale / gate: chunks of a [G, 6, C] table, as the blocks slice them (rows 6C apart)
+            table = (torch.randn(groups, 6, c, generator=g) * 0.5).to(dtype)
+            shift, scale, gate = table.chunk(6, dim=1)[:3]
+            for affine in (False, True):
+                w = (torch.rand(c, generator=g) + 0.5).to(dtype) if affine else None
+                b = torch.randn(c, generator=g).to(dtype) if affine else None
+                key = f"norm {list(shape)} G={groups} {str(dtype)[6:]} affine={affine}"
+                out[key] = ulps(layer_norm_modulate(x, shift, scale, 1e-6, w, b),
+                                layer_norm_modulate_reference(x, shift, scale, 1e-6, w, b))
+            y = torch.randn(*shape, generator=g).to(dtype)
+            out[f"gate {list(shape)} G={groups} {str(dtype)[6:]}"] = ulps(apply_gate(y, gate),
+                                                                          apply_gate_reference(y, gate))
+            out[f"gate+residual {list(shape)} G={groups} {str(dtype)[6:]}"] = ulps(
+                apply_gate(y, gate, x), apply_gate_reference(y, gate, x))
+    return out
+
+
+def with_kernels_forced(model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``model(**inputs)`` on the torch path, then with the modulation kernels' check forced on (the CPU
+    interpreter runs them), and the number of kernel calls."""
+    calls = []
+
+    def counted(kernel):
+        def call(*args, **kwargs):
+            calls.append(1)
+            return kernel(*args, **kwargs)
+        return call
+
+    saved = norms_module.modulation_kernels_apply, norms_module.layer_norm_modulate, norms_module.apply_gate
+    with torch.no_grad():
+        torch_path = model(**inputs)
+        norms_module.modulation_kernels_apply = lambda x: x.is_contiguous()
+        norms_module.layer_norm_modulate = counted(saved[1])
+        norms_module.apply_gate = counted(saved[2])
+        try:
+            fused = model(**inputs)
+        finally:
+            norms_module.modulation_kernels_apply, norms_module.layer_norm_modulate, norms_module.apply_gate = saved
+    return torch_path, fused, len(calls)
+
+
+def model_cases() -> dict[str, float]:
+    g = torch.Generator().manual_seed(1)
+    stdit3 = make_stdit3(seed=0, num_heads=4, hidden_size=64)
+    inputs = {"x": torch.randn(2, 4, 5, 4, 6, generator=g), "timestep": torch.tensor([977.3, 40.0]),
+              "y": torch.randn(2, 6, 32, generator=g), "mask": torch.ones(2, 6, dtype=torch.bool)}
+    torch_path, fused, calls = with_kernels_forced(stdit3, inputs)
+    out = {"stdit3": (fused - torch_path).abs().max().item(), "stdit3 kernel calls": float(calls)}
+
+    latte = LatteTransformer3D(LatteConfig(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
+        cross_attention_dim=16, attention_bias=True, sample_size=8, patch_size=2, caption_channels=16,
+        video_length=4, norm_elementwise_affine=True, norm_eps=1e-6)).eval()
+    with torch.no_grad():
+        for p in latte.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    inputs = {"hidden_states": torch.randn(2, 4, 4, 8, 8, generator=g), "timestep": torch.tensor([999, 37]),
+              "encoder_hidden_states": torch.randn(2, 5, 16, generator=g)}
+    torch_path, fused, calls = with_kernels_forced(latte, inputs)
+    out.update({"latte": (fused - torch_path).abs().max().item(), "latte kernel calls": float(calls)})
+    return out
+
+
+if __name__ == "__main__":
+    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+    print(json.dumps({**kernel_cases(), **model_cases()}))

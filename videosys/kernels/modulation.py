@@ -1,0 +1,175 @@
+"""adaLN modulation and gating in one pass each (Triton), for the DiT blocks in eager mode.
+
+Every DiT block here normalises its tokens and modulates them with per-video rows (``LN(x) * (1 + scale) +
+shift``) before its self-attention and its MLP, and gates their outputs (``gate * y``, Latte also adding
+the residual). In torch these are a layer norm, then an ``addcmul`` whose ``[G, 1, C]`` operands broadcast
+over ``[G, L, C]`` tokens, then a broadcasting multiply: torch runs broadcasting elementwise ops on its
+generic strided kernel, about 1.3 TB/s on an H200 against ~4 for a contiguous one (docs/benchmarks.md,
+seventh session: the gate multiply took 115 us per Latte block). Here:
+
+* :func:`layer_norm_modulate`: the layer norm and the modulation in one kernel, reading ``x`` once and
+  writing the modulated tokens once (the torch path writes and reads the normalised tokens in between);
+* :func:`apply_gate`: ``y * gate``, or ``residual + y * gate``, in one kernel.
+
+Rows of ``x`` (its ``[..., C]`` flattened to ``[rows, C]``) fall into ``G`` equal consecutive groups, one
+per row of the ``[G, 1, C]`` (or ``[G, C]``) modulation tensors: one row per video for both STDiT3's
+``[B, T*S, C]`` tokens and Latte's ``[B*F, S, C]`` sequences. Values are rounded where the torch path
+rounds them (the normalised tokens, ``1 + scale``, the gated product), so the outputs equal the torch
+path's up to its layer norm's float32 summation order (tests/test_kernels.py in Triton's CPU interpreter).
+
+Where they apply (:func:`modulation_kernels_apply`): CUDA, Triton, fp16 / bf16, contiguous tokens, eager
+mode; under ``torch.compile`` Inductor fuses the same ops itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from videosys.kernels.temporal_attention import _next_power_of_2, triton_available
+
+__all__ = [
+    "apply_gate",
+    "apply_gate_reference",
+    "layer_norm_modulate",
+    "layer_norm_modulate_reference",
+    "modulation_kernels_apply",
+]
+
+_DTYPES = (torch.float16, torch.bfloat16)
+#: Rows per program of the layer-norm kernel (each program holds whole rows) and its warps.
+NORM_ROWS_PER_PROGRAM = 4
+NORM_NUM_WARPS = 8
+#: The gate kernel's tile (rows x channels) and warps.
+GATE_BLOCK_ROWS = 16
+GATE_BLOCK_CHANNELS = 256
+GATE_NUM_WARPS = 4
+
+
+def modulation_kernels_apply(x: torch.Tensor) -> bool:
+    """Whether :func:`layer_norm_modulate` / :func:`apply_gate` take tokens like ``x``: a contiguous CUDA
+    tensor in fp16 / bf16, Triton installed, and not inside ``torch.compile``'s tracing."""
+    return (
+        x.is_cuda
+        and x.dtype in _DTYPES
+        and x.is_contiguous()
+        and not torch.compiler.is_compiling()
+        and triton_available()
+    )
+
+
+def _group_rows(x: torch.Tensor, *mods: torch.Tensor) -> tuple[int, int, int]:
+    """``(rows, C, rows_per_group)`` of ``x`` for modulation rows ``mods`` (each ``[G, 1, C]`` / ``[G, C]``)."""
+    c = x.shape[-1]
+    g = mods[0].shape[0]
+    for m in mods:
+        if m.shape[0] != g or m.shape[-1] != c or m.numel() != g * c:
+            raise ValueError(f"modulation rows must be [G, 1, C] or [G, C] with C = {c} and one G, got "
+                             f"{[list(t.shape) for t in mods]}")
+    rows = x.numel() // c if c else 0
+    if g == 0 or rows % g:
+        raise ValueError(f"the {rows} token rows of x {list(x.shape)} do not split into {g} modulation groups")
+    return rows, c, rows // g
+
+
+def layer_norm_modulate_reference(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The torch path: ``LN(x) * (1 + scale) + shift`` per group of rows (see the module docstring)."""
+    _, c, per_group = _group_rows(x, shift, scale)
+    g = shift.shape[0]
+    h = F.layer_norm(x.reshape(g, per_group, c), (c,), weight, bias, eps)
+    return torch.addcmul(shift.reshape(g, 1, c), h, 1 + scale.reshape(g, 1, c)).reshape(x.shape)
+
+
+def apply_gate_reference(y: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """The torch path: ``y * gate`` (``+ residual``) per group of rows."""
+    _, c, per_group = _group_rows(y, gate)
+    out = (y.reshape(gate.shape[0], per_group, c) * gate.reshape(-1, 1, c)).reshape(y.shape)
+    return out if residual is None else out + residual
+
+
+def _kernels() -> Any:
+    """The Triton kernels' module (the only one importing Triton; imported on first use)."""
+    from videosys.kernels import modulation_triton
+
+    return modulation_triton
+
+
+def _check_contiguous(**tensors: torch.Tensor | None) -> None:
+    for name, t in tensors.items():
+        if t is not None and not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous")
+
+
+def _mod_stride(m: torch.Tensor) -> int:
+    """The distance between consecutive groups' rows of ``m`` (whose channels must be contiguous)."""
+    if m.stride(-1) != 1 and m.shape[-1] > 1:
+        raise ValueError("modulation rows must have contiguous channels")
+    return m.stride(0)
+
+
+@torch.compiler.disable
+def layer_norm_modulate(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``LN(x) * (1 + scale) + shift`` in one Triton kernel (:func:`layer_norm_modulate_reference` in
+    torch). ``x`` ``[..., C]`` contiguous; ``shift`` / ``scale`` ``[G, 1, C]`` (views with contiguous channels,
+    e.g. chunks of the block's modulation table); ``weight`` / ``bias``: the norm's affine ``[C]``, or
+    ``None``. Only for inputs :func:`modulation_kernels_apply` accepts (the Triton interpreter also runs it
+    on CPU tensors, for tests)."""
+    rows, c, per_group = _group_rows(x, shift, scale)
+    _check_contiguous(x=x)
+    if (weight is None) != (bias is None):
+        raise ValueError("the layer norm's weight and bias come together (both or neither)")
+    if shift.stride(0) != scale.stride(0):
+        raise ValueError("shift and scale must be laid out alike")
+    out = torch.empty_like(x)
+    if rows == 0:
+        return out
+    affine = weight is not None
+    grid = (_cdiv(rows, NORM_ROWS_PER_PROGRAM),)
+    _kernels().layer_norm_modulate_kernel[grid](
+        x, out, shift, scale, weight if affine else x, bias if affine else x,
+        rows, c, per_group, _mod_stride(shift), eps,
+        AFFINE=affine, BLOCK_M=NORM_ROWS_PER_PROGRAM, BLOCK_C=_next_power_of_2(c), num_warps=NORM_NUM_WARPS,
+    )
+    return out
+
+
+@torch.compiler.disable
+def apply_gate(y: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``y * gate`` (``+ residual``) in one Triton kernel (:func:`apply_gate_reference` in torch). ``y`` and
+    ``residual`` ``[..., C]`` contiguous and alike; ``gate`` ``[G, 1, C]`` with contiguous channels."""
+    rows, c, per_group = _group_rows(y, gate)
+    _check_contiguous(y=y, residual=residual)
+    if residual is not None and (residual.shape != y.shape or residual.dtype != y.dtype):
+        raise ValueError(f"residual must match y: {list(residual.shape)} {residual.dtype} against "
+                         f"{list(y.shape)} {y.dtype}")
+    out = torch.empty_like(y)
+    if rows == 0:
+        return out
+    grid = (_cdiv(rows, GATE_BLOCK_ROWS), _cdiv(c, GATE_BLOCK_CHANNELS))
+    _kernels().gate_kernel[grid](
+        y, gate, y if residual is None else residual, out,
+        rows, c, per_group, _mod_stride(gate),
+        RESIDUAL=residual is not None, BLOCK_M=GATE_BLOCK_ROWS, BLOCK_C=GATE_BLOCK_CHANNELS,
+        num_warps=GATE_NUM_WARPS,
+    )
+    return out
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
