@@ -35,6 +35,7 @@ from videosys.kernels.modulation import (
     layer_norm_modulate,
     layer_norm_modulate_reference,
 )
+from videosys.kernels.rms_norm import rms_norm_rows
 from videosys.models.layers.attention import Attention
 from videosys.models.layers.rope import RotaryEmbedding
 from videosys.models.opensora.stdit3 import STDiT3Block
@@ -212,6 +213,8 @@ def main() -> None:
         for label, fn in (("reference (float32)", rms_reference), ("F.rms_norm", rms_fused),
                           ("vector_norm", rms_vector_norm), ("reference, torch.compile", compiled)):
             timed(label, functools.partial(fn, x, w), want, args.repeats, cuda)
+        if cuda:
+            timed("Triton rows kernel", functools.partial(rms_norm_rows, x, w, EPS), want, args.repeats, cuda)
     tokens = max(8, int(MLP_TOKENS * args.scale))
     x = torch.randn(tokens, HIDDEN, device=device, dtype=dtype)
     w = torch.randn(MLP_HIDDEN, HIDDEN, device=device, dtype=dtype) * HIDDEN**-0.5

@@ -25,6 +25,7 @@ from videosys.kernels import (
 )
 from videosys.kernels import temporal_attention as kernel_module
 from videosys.kernels.modulation import apply_gate, layer_norm_modulate
+from videosys.kernels.rms_norm import rms_norm_rows
 from videosys.models.layers import attention as attention_module
 from videosys.models.layers import norms as norms_module
 from videosys.models.layers.rope import RotaryEmbedding
@@ -88,7 +89,7 @@ def test_bad_arguments_are_named() -> None:
 def test_use_fused_kernels_switches_every_module_to_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the kernels off, a model whose every check says "applies" never calls a kernel."""
     model = make_stdit3(seed=0, num_heads=4, hidden_size=64)
-    assert use_fused_kernels(model, False) == 4  # every block holds the switch
+    assert use_fused_kernels(model, False) == 4 + 8  # every block holds a switch, and the q and k norms of its attention
     assert not any(getattr(m, "fused_kernel", False) for m in model.modules())
 
     def no_kernel(*args: object, **kwargs: object) -> torch.Tensor:
@@ -100,12 +101,14 @@ def test_use_fused_kernels_switches_every_module_to_the_torch_path(monkeypatch: 
     monkeypatch.setattr(norms_module, "modulation_kernels_apply", lambda *args: True)
     monkeypatch.setattr(norms_module, "layer_norm_modulate", no_kernel)
     monkeypatch.setattr(norms_module, "apply_gate", no_kernel)
+    monkeypatch.setattr(norms_module, "rms_norm_rows_applies", lambda *args: True)
+    monkeypatch.setattr(norms_module, "rms_norm_rows", no_kernel)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         out = model(torch.randn(2, 4, 3, 4, 4, generator=g), torch.tensor([977.3, 40.0]),
                     torch.randn(2, 5, 32, generator=g), torch.ones(2, 5, dtype=torch.bool))
     assert out.shape == (2, 8, 3, 4, 4) and torch.isfinite(out).all()
-    assert use_fused_kernels(model) == 4 and all(block.fused_kernel for block in model.temporal_blocks)
+    assert use_fused_kernels(model) == 12 and all(block.fused_kernel for block in model.temporal_blocks)
     with pytest.raises(AssertionError, match="the kernel ran"):
         model(torch.randn(2, 4, 3, 4, 4, generator=g), torch.tensor([977.3, 40.0]),
               torch.randn(2, 5, 32, generator=g), torch.ones(2, 5, dtype=torch.bool))
@@ -135,31 +138,34 @@ def test_kernel_matches_reference_in_the_interpreter() -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
-def test_modulation_kernels_match_the_torch_path_in_the_interpreter() -> None:
+def test_norm_kernels_match_the_torch_path_in_the_interpreter() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "interpret_modulation_kernels.py")], env=env,
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "interpret_norm_kernels.py")], env=env,
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     errors = json.loads(done.stdout.strip().splitlines()[-1])
-    # every block of the tiny STDiT3 (4) and Latte (2 spatial + 2 temporal): 2 norms and 2 gates each
-    assert errors.pop("stdit3 kernel calls") == errors.pop("latte kernel calls") == 16
+    # every block of the tiny STDiT3 (4) and Latte (2 spatial + 2 temporal): 2 norms and 2 gates each;
+    # STDiT3's q and k norms (the temporal blocks' too: their fused attention does not apply on the CPU)
+    assert errors.pop("stdit3 kernel calls") == 16 + 8
+    assert errors.pop("latte kernel calls") == 16
     assert errors.pop("stdit3") < 1e-5 and errors.pop("latte") < 1e-5
-    assert len(errors) == 4 * 3 * 4, sorted(errors)
+    assert len(errors) == 4 * 3 * 4 + 3 * 3, sorted(errors)
     for key, ulps in errors.items():
         # in epsilons of the dtype: float32 norms differ in summation order only; the gate's product and sum
         # are the torch path's; fp16 rounds as the GPU does; the interpreter truncates float32 -> bf16
         # where the GPU rounds to nearest, up to one more bf16 step per rounding
+        kind = key.split()[0]
         if "bfloat16" in key:
-            limit = {"norm": 4.0, "gate": 1.0, "gate+residual": 3.0}[key.split()[0]]
+            limit = {"norm": 4.0, "rms": 1.0, "gate": 1.0, "gate+residual": 3.0}[kind]
         elif "float16" in key:
-            limit = 1.0 if key.startswith("norm") else 0.0
+            limit = 1.0 if kind in ("norm", "rms") else 0.0
         else:
-            limit = 8.0 if key.startswith("norm") else 0.0
+            limit = 8.0 if kind in ("norm", "rms") else 0.0
         assert ulps <= limit, (key, ulps)
 
 
-def test_modulation_kernels_refuse_bad_arguments() -> None:
+def test_norm_kernels_refuse_bad_arguments() -> None:
     x = torch.randn(3, 4, 8)
     table = torch.randn(3, 6, 8)
     shift, scale, gate = table.chunk(6, dim=1)[:3]
@@ -176,6 +182,10 @@ def test_modulation_kernels_refuse_bad_arguments() -> None:
         apply_gate(x, gate, x.half())
     with pytest.raises(ValueError, match="normalized_shape"):
         norms_module.norm_modulate(torch.nn.LayerNorm(4), x, shift, scale)
+    with pytest.raises(ValueError, match="rows of 1 to 128 channels, got 129"):
+        rms_norm_rows(torch.randn(2, 129), torch.ones(129), 1e-6)
+    with pytest.raises(ValueError, match=r"weight must be \[8\]"):
+        rms_norm_rows(x, torch.ones(7), 1e-6)
 
 
 @pytest.mark.parametrize("model", ["latte", "opensora"])

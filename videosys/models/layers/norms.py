@@ -18,6 +18,7 @@ from videosys.kernels.modulation import (
     layer_norm_modulate_reference,
     modulation_kernels_apply,
 )
+from videosys.kernels.rms_norm import rms_norm_rows, rms_norm_rows_applies
 
 __all__ = ["RMSNorm", "gated", "modulate", "norm_modulate"]
 
@@ -63,16 +64,25 @@ class RMSNorm(nn.Module):
     ``torch.nn.functional.rms_norm``: one fused kernel on CUDA (statistic and scaling in float32, one rounding
     to the input dtype at the end). The unfused form, which rounds the normalised values to bf16 before the
     multiplication by ``weight``, took about 7 full passes over q and k in every qk-normed block; the two
-    differ by at most one bf16 rounding step.
+    differ by at most one bf16 rounding step. torch's kernel gives each row a thread block, slow for
+    head_dim rows: those go through :func:`videosys.kernels.rms_norm.rms_norm_rows` (same arithmetic) in
+    eager CUDA mode.
     """
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        #: rows of at most 128 channels (a qk-norm over head_dim) through one Triton kernel where it
+        #: applies (eager CUDA, fp16 / bf16: :func:`videosys.kernels.rms_norm.rms_norm_rows`); ``False``
+        #: keeps ``F.rms_norm`` (:func:`videosys.kernels.use_fused_kernels`)
+        self.fused_kernel = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
+        weight = self.weight.to(x.dtype)
+        if self.fused_kernel and rms_norm_rows_applies(x):
+            return rms_norm_rows(x, weight, self.eps)
+        return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

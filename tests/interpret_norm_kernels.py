@@ -1,6 +1,6 @@
 """Run by tests/test_kernels.py in a child process with ``TRITON_INTERPRET=1`` (Triton's CPU interpreter):
-the layer-norm + modulation and gate kernels against their torch references, and whole STDiT3 and Latte
-forwards with both kernels against the torch path. Prints one JSON object: per case the largest difference
+the layer-norm + modulation, gate and short-row RMS norm kernels against their torch references, and whole
+STDiT3 and Latte forwards with these kernels against the torch path. Prints one JSON object: per case the largest difference
 in units of the dtype's epsilon at the reference's magnitude (``ulps``), and for the models the largest
 absolute difference and the number of kernel calls."""
 
@@ -10,6 +10,7 @@ import json
 import os
 
 import torch
+import torch.nn.functional as F
 
 from videosys.kernels.modulation import (
     apply_gate,
@@ -17,6 +18,7 @@ from videosys.kernels.modulation import (
     layer_norm_modulate,
     layer_norm_modulate_reference,
 )
+from videosys.kernels.rms_norm import rms_norm_rows
 from videosys.models.latte import LatteConfig, LatteTransformer3D
 from videosys.models.layers import norms as norms_module
 from videosys.testing.tiny_stdit3 import make_stdit3
@@ -52,6 +54,13 @@ def kernel_cases() -> dict[str, float]:
                                                                           apply_gate_reference(y, gate))
             out[f"gate+residual {list(shape)} G={groups} {str(dtype)[6:]}"] = ulps(
                 apply_gate(y, gate, x), apply_gate_reference(y, gate, x))
+    # qk-norm rows: Open-Sora's head_dim 72, the widest row taken (128), a single channel
+    for shape in ((3, 5, 4, 72), (7, 128), (6, 1)):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            x = (torch.randn(*shape, generator=g) * 3).to(dtype)
+            w = (torch.rand(shape[-1], generator=g) + 0.5).to(dtype)
+            out[f"rms {list(shape)} {str(dtype)[6:]}"] = ulps(rms_norm_rows(x, w, 1e-6),
+                                                              F.rms_norm(x, (shape[-1],), w, 1e-6))
     return out
 
 
@@ -66,16 +75,20 @@ def with_kernels_forced(model: torch.nn.Module, inputs: dict) -> tuple[torch.Ten
             return kernel(*args, **kwargs)
         return call
 
-    saved = norms_module.modulation_kernels_apply, norms_module.layer_norm_modulate, norms_module.apply_gate
+    names = ("modulation_kernels_apply", "layer_norm_modulate", "apply_gate", "rms_norm_rows_applies",
+             "rms_norm_rows")
+    saved = {name: getattr(norms_module, name) for name in names}
     with torch.no_grad():
         torch_path = model(**inputs)
         norms_module.modulation_kernels_apply = lambda x: x.is_contiguous()
-        norms_module.layer_norm_modulate = counted(saved[1])
-        norms_module.apply_gate = counted(saved[2])
+        norms_module.rms_norm_rows_applies = lambda x: x.is_contiguous()
+        for name in ("layer_norm_modulate", "apply_gate", "rms_norm_rows"):
+            setattr(norms_module, name, counted(saved[name]))
         try:
             fused = model(**inputs)
         finally:
-            norms_module.modulation_kernels_apply, norms_module.layer_norm_modulate, norms_module.apply_gate = saved
+            for name, value in saved.items():
+                setattr(norms_module, name, value)
     return torch_path, fused, len(calls)
 
 
