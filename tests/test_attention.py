@@ -126,3 +126,30 @@ def test_backend_choice_compiles_in_one_graph() -> None:
     probe = torch.compile(lambda x: x * 2 if attn_mod.flash_available() else x + 1, backend="eager", fullgraph=True)
     want = q * 2 if attn_mod.flash_available() else q + 1
     torch.testing.assert_close(probe(q), want)
+
+
+def test_over_frames_attends_over_the_frames_of_each_position() -> None:
+    """Frame-major ``[B, T, S, C]`` tokens: position ``s`` of video ``b`` attends over its ``T`` frames, as
+    ``forward`` on the ``[B*S, T, C]`` regrouping does (the CPU path; the GPU kernel: tests/test_kernels.py)."""
+    torch.manual_seed(0)
+    attn = Attention(32, 4, 8, bias=True).eval()
+    x = torch.randn(2, 5, 3, 32)
+    with torch.no_grad():
+        got = attn.over_frames(x)
+        want = attn(x.transpose(1, 2).reshape(6, 5, 32)).reshape(2, 3, 5, 32).transpose(1, 2)
+        moved = x.clone()
+        moved[1, :, 2] += 1.0  # one position of one video: only its own frames may change
+        changed = (attn.over_frames(moved) - got).abs().amax(dim=-1) > 0
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert changed[1, :, 2].all() and changed.sum() == 5
+
+
+def test_latte_block_refuses_frames_that_do_not_match_its_tokens() -> None:
+    from videosys.models.layers.blocks import LatteBlock
+
+    block = LatteBlock(32, 4, 8).eval()
+    x, t_mod = torch.randn(6, 3, 32), torch.randn(2, 6 * 32)
+    with torch.no_grad():
+        assert block(x, t_mod, kind="temporal", frames=3).shape == (6, 3, 32)
+        with pytest.raises(ValueError, match="do not hold 2 videos of 4 frames"):
+            block(x, t_mod, kind="temporal", frames=4)

@@ -195,16 +195,17 @@ class LatteTransformer3D(nn.Module):
     def add_temporal_pos(
         self, hidden_states: torch.Tensor, block: int, num_frames: int, parallel: ParallelState | None = None
     ) -> torch.Tensor:
-        """Called on the temporal layout ``[B * tokens, F, C]`` right before temporal block ``block``
-        (i.e. after spatial block ``block``); ``num_frames`` is the video's true frame count. With
-        ``parallel`` (frames sharded) ``hidden_states`` holds this rank's chunk of the frames and gets the
-        table rows of those frames (padding frames get zeros)."""
+        """Called right before temporal block ``block`` (i.e. after spatial block ``block``) on the temporal
+        blocks' layout: the frame-major ``[B * F, tokens, C]`` in one process, ``[B * tokens, F_local, C]``
+        with ``parallel`` (frames sharded: this rank's chunk of the frames gets the table rows of those
+        frames, padding frames zeros). ``num_frames`` is the video's true frame count."""
         if not self.adds_temporal_pos(block, num_frames):
             return hidden_states
-        table = self.temporal_pos_table(num_frames, hidden_states.device)
+        table = self.temporal_pos_table(num_frames, hidden_states.device).to(hidden_states.dtype)  # [1, F, C]
         if parallel is not None:
-            table = comm.shard(table, 1, parallel)
-        return hidden_states + table.to(hidden_states.dtype)
+            return hidden_states + comm.shard(table, 1, parallel)
+        n, s, c = hidden_states.shape
+        return (hidden_states.view(-1, num_frames, s, c) + table[:, :, None]).view(n, s, c)
 
     # -- forward --------------------------------------------------------------------------------------
     @staticmethod
@@ -277,15 +278,19 @@ class LatteTransformer3D(nn.Module):
         # Modulation rows and text are per video: blocks broadcast them over a video's F frame sequences
         # (spatial) or its n token sequences (temporal) without repeating them in memory.
         # Under sequence parallel F is the local fl here; only the temporal attention sees all frames.
+        # Without sequence parallel the temporal blocks take the frame-major (B*F, n, D) tokens as they are
+        # (their attention runs over the frames of each position); under SP they take (B*n, F_local, D).
         for i, (spatial, temporal) in enumerate(zip(self.transformer_blocks, self.temporal_transformer_blocks)):
             x = spatial(x, t_mod, text, mask, pab=pab, kind="spatial", block=i)
-            # (B*F, n, D) -> (B*n, F, D)
-            x = x.reshape(b, fl, n, -1).transpose(1, 2).reshape(b * n, fl, -1)
-            # (the hook is called with three arguments when not sharded: subclasses/tests may replace it)
-            x = self.add_temporal_pos(x, i, f) if sp is None else self.add_temporal_pos(x, i, f, sp)
+            if sp is None:
+                # (the hook is called with three arguments when not sharded: subclasses/tests may replace it)
+                x = self.add_temporal_pos(x, i, f)
+                x = temporal(x, t_mod, pab=pab, kind="temporal", block=i, frames=f)
+                continue
+            x = x.reshape(b, fl, n, -1).transpose(1, 2).reshape(b * n, fl, -1)  # (B*F, n, D) -> (B*n, F, D)
+            x = self.add_temporal_pos(x, i, f, sp)
             x = temporal(x, t_mod, pab=pab, kind="temporal", block=i, frame_shards=shards)
-            # (B*n, F, D) -> (B*F, n, D)
-            x = x.reshape(b, n, fl, -1).transpose(1, 2).reshape(b * fl, n, -1)
+            x = x.reshape(b, n, fl, -1).transpose(1, 2).reshape(b * fl, n, -1)  # (B*n, F, D) -> (B*F, n, D)
 
         shift, scale = (self.scale_shift_table[None] + t_emb[:, None]).chunk(2, dim=1)  # [B, 1, D] each
         x = self.norm_out(x).reshape(b, fl * n, -1)

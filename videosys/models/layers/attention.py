@@ -202,13 +202,27 @@ class Attention(nn.Module):
 
     def short_self_attention(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Self-attention of ``hidden_states`` ``[B, S, query_dim]`` (``S`` <= 64) through
-        :func:`videosys.kernels.fused_temporal_attention`: one GEMM for q, k and v (the three weights side
-        by side), the kernel on its output as ``B`` single-position sequences of ``S`` "frames", ``to_out``.
-        The same function as :meth:`forward` without a mask, within the dtype's rounding."""
-        b, s, _ = hidden_states.shape
+        :func:`videosys.kernels.fused_temporal_attention`, as ``B`` single-position sequences of ``S``
+        "frames" (:meth:`_fused_over_frames`). The same function as :meth:`forward` without a mask, within
+        the dtype's rounding."""
+        b, s, c = hidden_states.shape
+        return self._fused_over_frames(hidden_states.view(b, s, 1, c)).view(b, s, -1)
+
+    def over_frames(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Self-attention along the frame axis of frame-major tokens ``[B, T, S, query_dim]`` (each of the
+        ``S`` positions attends over its ``T`` frames) -> ``[B, T, S, query_dim]``, without regrouping the
+        tokens where the fused kernel applies (:meth:`_fused_over_frames`); elsewhere :meth:`forward` on
+        the tokens regrouped as ``[B*S, T, query_dim]`` and back."""
+        b, t, s, c = hidden_states.shape
+        if self.fused_kernel and fused_temporal_attention_applies(hidden_states, t, self.dim_head):
+            return self._fused_over_frames(hidden_states)
+        out = self(hidden_states.transpose(1, 2).reshape(b * s, t, c))
+        return out.view(b, s, t, -1).transpose(1, 2)
+
+    def _fused_over_frames(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``[B, T, S, query_dim]`` -> ``[B, T, S, query_dim]``: one GEMM for q, k and v (the three weights side
+        by side), the fused kernel over the ``T`` frames of each position, ``to_out``."""
         weight = torch.cat((self.to_q.weight, self.to_k.weight, self.to_v.weight))
         biases = (self.to_q.bias, self.to_k.bias, self.to_v.bias)
         bias = None if biases[0] is None else torch.cat(biases)  # type: ignore[arg-type]
-        qkv = F.linear(hidden_states, weight, bias).view(b, s, 1, 3 * self.inner_dim)
-        out = fused_temporal_attention(qkv, self.heads)
-        return self.to_out[0](out.view(b, s, self.inner_dim))
+        return self.to_out[0](fused_temporal_attention(F.linear(hidden_states, weight, bias), self.heads))

@@ -163,12 +163,18 @@ class LatteBlock(nn.Module):
         shift: torch.Tensor,
         scale: torch.Tensor,
         frame_shards: FrameShards | None = None,
+        frames: int | None = None,
     ) -> torch.Tensor:
         """norm1 -> modulate -> attn1, before the gate. ``shift``/``scale``: ``[G, 1, C]`` (``x``: ``[N, S, C]``,
         ``N`` a multiple of ``G``). With ``frame_shards`` (a temporal block under sequence parallel; ``G``
         must then be the number of videos) the attention runs over all frames between two all-to-alls;
-        the output has ``x``'s local layout."""
+        the output has ``x``'s local layout. With ``frames`` (a temporal block on frame-major tokens: ``x``
+        is ``[videos * frames, S, C]``) each of the ``S`` positions attends over its frames
+        (:meth:`Attention.over_frames`); the output keeps that layout."""
         h = norm_modulate(self.norm1, x, shift, scale, fused=self.fused_kernel)
+        if frames is not None:
+            n, s, c = h.shape
+            return self.attn1.over_frames(h.view(n // frames, frames, s, c)).reshape(n, s, c)
         if frame_shards is None:
             return self.attn1(h)
         return frame_shards.to_local_frames(self.attn1(frame_shards.to_all_frames(h)))
@@ -200,6 +206,7 @@ class LatteBlock(nn.Module):
         kind: str = "spatial",
         block: int = 0,
         frame_shards: FrameShards | None = None,
+        frames: int | None = None,
     ) -> torch.Tensor:
         """One block step.
 
@@ -216,14 +223,21 @@ class LatteBlock(nn.Module):
             block: the block index, for PAB bookkeeping.
             frame_shards: for a temporal block whose frames are sharded over sequence-parallel ranks
                 (``hidden_states`` holds this rank's frames, ``t_mod`` one row per video).
+            frames: for a temporal block on frame-major tokens ``[videos * frames, S, C]`` (its
+                self-attention runs over the frames of each position; ``t_mod`` one row per video).
         """
         x = hidden_states
-        c = x.shape[-1]
+        n, _, c = x.shape
         g = t_mod.shape[0]
+        if frames is not None and (frame_shards is not None or frames <= 0 or n != g * frames):
+            raise ValueError(f"frame-major tokens [videos * frames, S, C] = {list(x.shape)} do not hold {g} "
+                             f"videos of {frames} frames (or frame_shards was given too)")
         mods = (self.scale_shift_table[None] + t_mod.reshape(g, 6, c)).chunk(6, dim=1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods  # each [G, 1, C]
 
-        attn = run_module(pab, kind, block, lambda: self.self_attention(x, shift_msa, scale_msa, frame_shards))
+        attn = run_module(
+            pab, kind, block, lambda: self.self_attention(x, shift_msa, scale_msa, frame_shards, frames)
+        )
         x = gated(attn, gate_msa, x, fused=self.fused_kernel)
 
         if self.attn2 is not None:
