@@ -180,6 +180,10 @@ def bench_modulation(scale: float, device: str, repeats: int, cuda: bool) -> Non
         if cuda:
             timed("norm + modulate, kernel", functools.partial(layer_norm_modulate, x, shift, scale_, EPS), want_norm,
                   repeats, cuda)
+            for rows, warps in ((1, 4), (1, 8), (2, 4), (2, 8), (4, 4), (4, 16), (8, 8), (8, 16)):
+                timed(f"  {rows} rows/program, {warps} warps", functools.partial(
+                    layer_norm_modulate, x, shift, scale_, EPS, rows_per_program=rows, num_warps=warps),
+                    want_norm, repeats, cuda)
         timed("gate + residual, torch", functools.partial(apply_gate_reference, y, gate, x), want_gate, repeats, cuda)
         timed("gate alone, torch", functools.partial(apply_gate_reference, y, gate), None, repeats, cuda)
         if cuda:

@@ -124,12 +124,16 @@ def layer_norm_modulate(
     eps: float,
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
+    *,
+    rows_per_program: int = NORM_ROWS_PER_PROGRAM,
+    num_warps: int = NORM_NUM_WARPS,
 ) -> torch.Tensor:
     """``LN(x) * (1 + scale) + shift`` in one Triton kernel (:func:`layer_norm_modulate_reference` in
     torch). ``x`` ``[..., C]`` contiguous; ``shift`` / ``scale`` ``[G, 1, C]`` (views with contiguous channels,
     e.g. chunks of the block's modulation table); ``weight`` / ``bias``: the norm's affine ``[C]``, or
-    ``None``. Only for inputs :func:`modulation_kernels_apply` accepts (the Triton interpreter also runs it
-    on CPU tensors, for tests)."""
+    ``None``; ``rows_per_program`` (a power of two) / ``num_warps``: launch tuning. Only for inputs
+    :func:`modulation_kernels_apply` accepts (the Triton interpreter also runs it on CPU tensors, for
+    tests)."""
     rows, c, per_group = _group_rows(x, shift, scale)
     _check_contiguous(x=x)
     if (weight is None) != (bias is None):
@@ -140,11 +144,10 @@ def layer_norm_modulate(
     if rows == 0:
         return out
     affine = weight is not None
-    grid = (_cdiv(rows, NORM_ROWS_PER_PROGRAM),)
-    _kernels().layer_norm_modulate_kernel[grid](
+    _kernels().layer_norm_modulate_kernel[(_cdiv(rows, rows_per_program),)](
         x, out, shift, scale, weight if affine else x, bias if affine else x,
         rows, c, per_group, _mod_stride(shift), eps,
-        AFFINE=affine, BLOCK_M=NORM_ROWS_PER_PROGRAM, BLOCK_C=_next_power_of_2(c), num_warps=NORM_NUM_WARPS,
+        AFFINE=affine, BLOCK_M=rows_per_program, BLOCK_C=_next_power_of_2(c), num_warps=num_warps,
     )
     return out
 
