@@ -39,9 +39,11 @@ __all__ = [
 ]
 
 _DTYPES = (torch.float16, torch.bfloat16)
-#: Rows per program of the layer-norm kernel (each program holds whole rows) and its warps.
-NORM_ROWS_PER_PROGRAM = 4
-NORM_NUM_WARPS = 8
+#: Rows per program of the layer-norm kernel (each program holds whole rows) and its warps: the launch
+#: that measured fastest at both models' shapes on an H200 (Open-Sora 0.137 ms, Latte 0.083, against 0.171
+#: / 0.111 with 4 rows and 8 warps: ``python scripts/bench_kernels.py``, docs/benchmarks.md, seventh session).
+NORM_ROWS_PER_PROGRAM = 2
+NORM_NUM_WARPS = 4
 #: The gate kernel's tile (rows x channels) and warps.
 GATE_BLOCK_ROWS = 16
 GATE_BLOCK_CHANNELS = 256
