@@ -6,6 +6,9 @@ shapes a kernel does not take).
   frame-major ``qkv`` projection, with the optional RMS qk-norm and RoPE in the same pass (STDiT3's temporal
   blocks; Latte's and Open-Sora-Plan's temporal blocks, as any unmasked self-attention over at most 64
   tokens).
+* :mod:`videosys.kernels.modulation`: a block's layer norm + adaLN modulation, and its gate (+ residual),
+  one pass each (eager mode: both models' blocks through :mod:`videosys.models.layers.norms`).
+* :mod:`videosys.kernels.rms_norm`: RMS norm over rows of at most 128 channels (STDiT3's qk-norm).
 
 The modules that can use a kernel hold a boolean ``fused_kernel`` attribute (default ``True``);
 :func:`use_fused_kernels` sets it on every module of a model (``False``: the torch path everywhere, e.g.
