@@ -11,6 +11,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from support import kernel_test_models
 
 from videosys.kernels.modulation import (
     apply_gate,
@@ -19,9 +20,7 @@ from videosys.kernels.modulation import (
     layer_norm_modulate_reference,
 )
 from videosys.kernels.rms_norm import rms_norm_rows
-from videosys.models.latte import LatteConfig, LatteTransformer3D
 from videosys.models.layers import norms as norms_module
-from videosys.testing.tiny_stdit3 import make_stdit3
 
 
 def ulps(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -93,24 +92,10 @@ def with_kernels_forced(model: torch.nn.Module, inputs: dict) -> tuple[torch.Ten
 
 
 def model_cases() -> dict[str, float]:
-    g = torch.Generator().manual_seed(1)
-    stdit3 = make_stdit3(seed=0, num_heads=4, hidden_size=64)
-    inputs = {"x": torch.randn(2, 4, 5, 4, 6, generator=g), "timestep": torch.tensor([977.3, 40.0]),
-              "y": torch.randn(2, 6, 32, generator=g), "mask": torch.ones(2, 6, dtype=torch.bool)}
-    torch_path, fused, calls = with_kernels_forced(stdit3, inputs)
-    out = {"stdit3": (fused - torch_path).abs().max().item(), "stdit3 kernel calls": float(calls)}
-
-    latte = LatteTransformer3D(LatteConfig(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
-        cross_attention_dim=16, attention_bias=True, sample_size=8, patch_size=2, caption_channels=16,
-        video_length=4, norm_elementwise_affine=True, norm_eps=1e-6)).eval()
-    with torch.no_grad():
-        for p in latte.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    inputs = {"hidden_states": torch.randn(2, 4, 4, 8, 8, generator=g), "timestep": torch.tensor([999, 37]),
-              "encoder_hidden_states": torch.randn(2, 5, 16, generator=g)}
-    torch_path, fused, calls = with_kernels_forced(latte, inputs)
-    out.update({"latte": (fused - torch_path).abs().max().item(), "latte kernel calls": float(calls)})
+    out = {}
+    for name, (model, inputs) in kernel_test_models(latte_norm_affine=True).items():
+        torch_path, fused, calls = with_kernels_forced(model, inputs)
+        out.update({name: (fused - torch_path).abs().max().item(), f"{name} kernel calls": float(calls)})
     return out
 
 

@@ -9,13 +9,12 @@ import json
 import os
 
 import torch
+from support import kernel_test_models
 
 from videosys.kernels import fused_temporal_attention, temporal_attention_reference
-from videosys.models.latte import LatteConfig, LatteTransformer3D
 from videosys.models.layers import attention as attention_module
 from videosys.models.layers.rope import RotaryEmbedding
 from videosys.models.opensora import stdit3 as stdit3_module
-from videosys.testing.tiny_stdit3 import make_stdit3
 
 
 def kernel_cases() -> dict[str, float]:
@@ -72,22 +71,11 @@ def with_kernel_forced(module, model: torch.nn.Module, inputs: dict) -> tuple[to
 
 
 def model_cases() -> dict[str, float]:
-    g = torch.Generator().manual_seed(1)
-    stdit3 = make_stdit3(seed=0, num_heads=4, hidden_size=64)
-    inputs = {"x": torch.randn(2, 4, 5, 4, 6, generator=g), "timestep": torch.tensor([977.3, 40.0]),
-              "y": torch.randn(2, 6, 32, generator=g), "mask": torch.ones(2, 6, dtype=torch.bool)}
+    models = kernel_test_models()
+    stdit3, inputs = models["stdit3"]
     torch_path, fused, calls = with_kernel_forced(stdit3_module, stdit3, inputs)
     out = {"model": (fused - torch_path).abs().max().item(), "model kernel calls": float(calls)}
-
-    latte = LatteTransformer3D(LatteConfig(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
-        cross_attention_dim=16, attention_bias=True, sample_size=8, patch_size=2, caption_channels=16,
-        video_length=4, norm_elementwise_affine=False, norm_eps=1e-6)).eval()
-    with torch.no_grad():
-        for p in latte.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    inputs = {"hidden_states": torch.randn(2, 4, 4, 8, 8, generator=g), "timestep": torch.tensor([999, 37]),
-              "encoder_hidden_states": torch.randn(2, 5, 16, generator=g)}
+    latte, inputs = models["latte"]
     torch_path, fused, calls = with_kernel_forced(attention_module, latte, inputs)
     out.update({"latte": (fused - torch_path).abs().max().item(), "latte kernel calls": float(calls)})
     return out

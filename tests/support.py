@@ -29,3 +29,26 @@ def stdit3_pab_calls(model: torch.nn.Module, pab: PABConfig,
             outs.append(model(**{**x, "timestep": torch.tensor([t, t])}, pab=run))
         assert run.kept_bytes == 0  # the last call keeps nothing: no call after it broadcasts
     return outs, run.stats
+
+
+def kernel_test_models(latte_norm_affine: bool = False) -> dict[str, tuple[torch.nn.Module, dict]]:
+    """A tiny STDiT3 and a tiny Latte with random weights, each with the keyword inputs of one forward (4
+    and 4 frames, fixed seeds): what the fused-kernel interpreter scripts run on the torch path and with
+    the kernels."""
+    from videosys.models.latte import LatteConfig, LatteTransformer3D
+    from videosys.testing.tiny_stdit3 import make_stdit3
+
+    g = torch.Generator().manual_seed(1)
+    stdit3 = make_stdit3(seed=0, num_heads=4, hidden_size=64)
+    stdit3_inputs = {"x": torch.randn(2, 4, 5, 4, 6, generator=g), "timestep": torch.tensor([977.3, 40.0]),
+                     "y": torch.randn(2, 6, 32, generator=g), "mask": torch.ones(2, 6, dtype=torch.bool)}
+    latte = LatteTransformer3D(LatteConfig(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
+        cross_attention_dim=16, attention_bias=True, sample_size=8, patch_size=2, caption_channels=16,
+        video_length=4, norm_elementwise_affine=latte_norm_affine, norm_eps=1e-6)).eval()
+    with torch.no_grad():
+        for p in latte.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    latte_inputs = {"hidden_states": torch.randn(2, 4, 4, 8, 8, generator=g), "timestep": torch.tensor([999, 37]),
+                    "encoder_hidden_states": torch.randn(2, 5, 16, generator=g)}
+    return {"stdit3": (stdit3, stdit3_inputs), "latte": (latte, latte_inputs)}

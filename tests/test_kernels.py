@@ -114,14 +114,19 @@ def test_use_fused_kernels_switches_every_module_to_the_torch_path(monkeypatch: 
               torch.randn(2, 5, 32, generator=g), torch.ones(2, 5, dtype=torch.bool))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
-def test_kernel_matches_reference_in_the_interpreter() -> None:
+def run_in_interpreter(script: str) -> dict[str, float]:
+    """Run ``tests/<script>`` in a child process under Triton's CPU interpreter; the JSON object it prints."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "interpret_temporal_kernel.py")], env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / script)], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    errors = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_kernel_matches_reference_in_the_interpreter() -> None:
+    errors = run_in_interpreter("interpret_temporal_kernel.py")
     assert errors.pop("model kernel calls") == 2  # both temporal blocks of the tiny STDiT3 ran the kernel
     assert errors.pop("model") < 1e-5
     # the tiny Latte's spatial (16 tokens) and temporal (4 frames) self-attentions, not its cross-attentions
@@ -139,12 +144,7 @@ def test_kernel_matches_reference_in_the_interpreter() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 def test_norm_kernels_match_the_torch_path_in_the_interpreter() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "interpret_norm_kernels.py")], env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    errors = json.loads(done.stdout.strip().splitlines()[-1])
+    errors = run_in_interpreter("interpret_norm_kernels.py")
     # every block of the tiny STDiT3 (4) and Latte (2 spatial + 2 temporal): 2 norms and 2 gates each;
     # STDiT3's q and k norms (the temporal blocks' too: their fused attention does not apply on the CPU)
     assert errors.pop("stdit3 kernel calls") == 16 + 8
