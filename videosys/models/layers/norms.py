@@ -38,7 +38,13 @@ def norm_modulate(
     if tuple(norm.normalized_shape) != (x.shape[-1],):
         raise ValueError(f"norm_modulate needs a layer norm over the last dimension ({x.shape[-1]}), got "
                          f"normalized_shape {tuple(norm.normalized_shape)}")
-    if fused and shift.stride(-1) == 1 and scale.stride(-1) == 1 and modulation_kernels_apply(x):
+    if (
+        fused
+        and shift.stride(-1) == 1
+        and scale.stride(-1) == 1
+        and (norm.weight is None) == (norm.bias is None)  # the kernel takes both affine terms or neither
+        and modulation_kernels_apply(x)
+    ):
         return layer_norm_modulate(x, shift, scale, norm.eps, norm.weight, norm.bias)
     return layer_norm_modulate_reference(x, shift, scale, norm.eps, norm.weight, norm.bias)
 
