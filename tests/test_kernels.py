@@ -165,6 +165,23 @@ def test_norm_kernels_match_the_torch_path_in_the_interpreter() -> None:
         assert ulps <= limit, (key, ulps)
 
 
+def test_norm_modulate_keeps_the_torch_path_for_a_norm_with_weight_but_no_bias(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_kernel(*args: object, **kwargs: object) -> torch.Tensor:
+        raise AssertionError("the kernel ran")
+
+    monkeypatch.setattr(norms_module, "modulation_kernels_apply", lambda *args: True)
+    monkeypatch.setattr(norms_module, "layer_norm_modulate", no_kernel)
+    x = torch.randn(2, 3, 8)
+    shift, scale = torch.randn(2, 2, 8).chunk(2, dim=1)
+    norm = torch.nn.LayerNorm(8, bias=False)
+    want = torch.addcmul(shift, norm(x), 1 + scale)
+    torch.testing.assert_close(norms_module.norm_modulate(norm, x, shift, scale), want)
+    with pytest.raises(AssertionError, match="the kernel ran"):
+        norms_module.norm_modulate(torch.nn.LayerNorm(8), x, shift, scale)
+
+
 def test_norm_kernels_refuse_bad_arguments() -> None:
     x = torch.randn(3, 4, 8)
     table = torch.randn(3, 6, 8)
