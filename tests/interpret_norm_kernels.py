@@ -79,8 +79,8 @@ def with_kernels_forced(model: torch.nn.Module, inputs: dict) -> tuple[torch.Ten
     saved = {name: getattr(norms_module, name) for name in names}
     with torch.no_grad():
         torch_path = model(**inputs)
-        norms_module.modulation_kernels_apply = lambda x: x.is_contiguous()
-        norms_module.rms_norm_rows_applies = lambda x: x.is_contiguous()
+        norms_module.modulation_kernels_apply = lambda x, *others: x.is_contiguous()
+        norms_module.rms_norm_rows_applies = lambda x, *others: x.is_contiguous()
         for name in ("layer_norm_modulate", "apply_gate", "rms_norm_rows"):
             setattr(norms_module, name, counted(saved[name]))
         try:

@@ -23,9 +23,15 @@ from videosys.kernels import (
     temporal_attention_reference,
     use_fused_kernels,
 )
+from videosys.kernels import modulation as modulation_module
+from videosys.kernels import rms_norm as rms_norm_module
 from videosys.kernels import temporal_attention as kernel_module
-from videosys.kernels.modulation import apply_gate, layer_norm_modulate
-from videosys.kernels.rms_norm import rms_norm_rows
+from videosys.kernels.modulation import (
+    apply_gate,
+    layer_norm_modulate,
+    modulation_kernels_apply,
+)
+from videosys.kernels.rms_norm import rms_norm_rows, rms_norm_rows_applies
 from videosys.models.layers import attention as attention_module
 from videosys.models.layers import norms as norms_module
 from videosys.models.layers.rope import RotaryEmbedding
@@ -56,7 +62,7 @@ def test_reference_is_the_stdit3_temporal_attention(qk_norm: bool) -> None:
 
 
 def test_applies_only_where_the_kernel_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    cuda_bf16 = types.SimpleNamespace(is_cuda=True, dtype=torch.bfloat16)
+    cuda_bf16 = types.SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, requires_grad=False)
     monkeypatch.setattr(kernel_module, "triton_available", lambda: True)
     assert fused_temporal_attention_applies(cuda_bf16, 15, 72)
     assert fused_temporal_attention_applies(cuda_bf16, MAX_FRAMES, 128)
@@ -64,7 +70,8 @@ def test_applies_only_where_the_kernel_runs(monkeypatch: pytest.MonkeyPatch) -> 
     assert not fused_temporal_attention_applies(cuda_bf16, 1, 72)  # one frame: the torch path's shortcut
     assert not fused_temporal_attention_applies(cuda_bf16, 15, 130)
     assert not fused_temporal_attention_applies(cuda_bf16, 15, 71)  # RoPE pairs
-    assert not fused_temporal_attention_applies(types.SimpleNamespace(is_cuda=True, dtype=torch.float32), 15, 72)
+    assert not fused_temporal_attention_applies(
+        types.SimpleNamespace(is_cuda=True, dtype=torch.float32, requires_grad=False), 15, 72)
     assert not fused_temporal_attention_applies(torch.zeros(1, dtype=torch.bfloat16), 15, 72)  # CPU
     monkeypatch.setattr(kernel_module, "triton_available", lambda: False)
     assert not fused_temporal_attention_applies(cuda_bf16, 15, 72)
@@ -163,6 +170,32 @@ def test_norm_kernels_match_the_torch_path_in_the_interpreter() -> None:
         else:
             limit = 8.0 if kind in ("norm", "rms") else 0.0
         assert ulps <= limit, (key, ulps)
+
+
+def test_kernels_stand_aside_where_autograd_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernels have no backward: with grad mode on and the tokens or a weight requiring a gradient, every
+    check says no (the torch path runs); under no_grad / inference_mode, or for frozen tensors, yes."""
+    for module in (kernel_module, modulation_module, rms_norm_module):
+        monkeypatch.setattr(module, "triton_available", lambda: True)
+
+    def tokens(requires_grad: bool) -> types.SimpleNamespace:  # what the checks read of CUDA bf16 tokens
+        return types.SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(4, 72),
+                                     requires_grad=requires_grad, is_contiguous=lambda: True)
+
+    trained, frozen = torch.ones(72, requires_grad=True), torch.ones(72)
+    checks = {
+        "temporal attention": lambda x, w: fused_temporal_attention_applies(x, 15, 72, [w]),
+        "modulation": lambda x, w: modulation_kernels_apply(x, w),
+        "rms norm": lambda x, w: rms_norm_rows_applies(x, w),
+    }
+    for name, check in checks.items():
+        assert check(tokens(False), frozen), name
+        assert not check(tokens(True), frozen), name
+        assert not check(tokens(False), trained), name
+        with torch.no_grad():
+            assert check(tokens(True), trained), name
+        with torch.inference_mode():
+            assert check(tokens(True), trained), name
 
 
 def test_norm_modulate_keeps_the_torch_path_for_a_norm_with_weight_but_no_bias(

@@ -18,7 +18,7 @@ rounds them (the normalised tokens, ``1 + scale``, the gated product), so the ou
 path's up to its layer norm's float32 summation order (tests/test_kernels.py in Triton's CPU interpreter).
 
 Where they apply (:func:`modulation_kernels_apply`): CUDA, Triton, fp16 / bf16, contiguous tokens, eager
-mode; under ``torch.compile`` Inductor fuses the same ops itself.
+mode, no gradient recorded; under ``torch.compile`` Inductor fuses the same ops itself.
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from videosys.kernels.temporal_attention import _next_power_of_2, triton_available
+from videosys.kernels.temporal_attention import (
+    _next_power_of_2,
+    autograd_off,
+    triton_available,
+)
 
 __all__ = [
     "apply_gate",
@@ -50,15 +54,17 @@ GATE_BLOCK_CHANNELS = 256
 GATE_NUM_WARPS = 4
 
 
-def modulation_kernels_apply(x: torch.Tensor) -> bool:
+def modulation_kernels_apply(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
     """Whether :func:`layer_norm_modulate` / :func:`apply_gate` take tokens like ``x``: a contiguous CUDA
-    tensor in fp16 / bf16, Triton installed, and not inside ``torch.compile``'s tracing."""
+    tensor in fp16 / bf16, Triton installed, not inside ``torch.compile``'s tracing, and autograd recording
+    nothing for ``x`` and the call's ``others`` (modulation rows, affine terms, residual: :func:`autograd_off`)."""
     return (
         x.is_cuda
         and x.dtype in _DTYPES
         and x.is_contiguous()
         and not torch.compiler.is_compiling()
         and triton_available()
+        and autograd_off(x, *others)
     )
 
 

@@ -14,7 +14,11 @@ from typing import Any
 
 import torch
 
-from videosys.kernels.temporal_attention import _next_power_of_2, triton_available
+from videosys.kernels.temporal_attention import (
+    _next_power_of_2,
+    autograd_off,
+    triton_available,
+)
 
 __all__ = ["MAX_ROW", "rms_norm_rows", "rms_norm_rows_applies"]
 
@@ -26,10 +30,11 @@ ROWS_PER_PROGRAM = 64
 NUM_WARPS = 4
 
 
-def rms_norm_rows_applies(x: torch.Tensor) -> bool:
+def rms_norm_rows_applies(x: torch.Tensor, weight: torch.Tensor | None = None) -> bool:
     """Whether :func:`rms_norm_rows` takes ``x``: a contiguous CUDA tensor in fp16 / bf16 with at most
     :data:`MAX_ROW` channels, Triton installed, not inside ``torch.compile``'s tracing (Inductor generates
-    its own kernel there)."""
+    its own kernel there), and autograd recording nothing for ``x`` and ``weight``
+    (:func:`videosys.kernels.temporal_attention.autograd_off`)."""
     return (
         x.is_cuda
         and x.dtype in _DTYPES
@@ -37,6 +42,7 @@ def rms_norm_rows_applies(x: torch.Tensor) -> bool:
         and x.is_contiguous()
         and not torch.compiler.is_compiling()
         and triton_available()
+        and autograd_off(x, weight)
     )
 
 

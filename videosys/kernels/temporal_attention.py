@@ -29,6 +29,7 @@ import functools
 import importlib.util
 import math
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -38,6 +39,7 @@ from videosys.models.layers.rope import apply_rotary
 
 __all__ = [
     "MAX_FRAMES",
+    "autograd_off",
     "fused_temporal_attention",
     "fused_temporal_attention_applies",
     "temporal_attention_reference",
@@ -69,10 +71,20 @@ def triton_available() -> bool:
     return _triton_installed()
 
 
-def fused_temporal_attention_applies(x: torch.Tensor, frames: int, head_dim: int) -> bool:
+def autograd_off(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records nothing for ops on ``tensors``: grad mode is off (the pipelines denoise under
+    ``torch.inference_mode``) or none of them requires a gradient. The Triton kernels have no backward, so
+    where autograd records (training, fine-tuning) the torch path runs."""
+    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
+
+
+def fused_temporal_attention_applies(
+    x: torch.Tensor, frames: int, head_dim: int, params: Iterable[torch.Tensor] = ()
+) -> bool:
     """Whether :func:`fused_temporal_attention` takes tokens like ``x`` over ``frames`` frames: a CUDA
     tensor in fp16 / bf16, ``2 <= frames <=`` :data:`MAX_FRAMES`, ``head_dim`` at most
-    :data:`MAX_HEAD_DIM` and even (RoPE pairs), and Triton installed."""
+    :data:`MAX_HEAD_DIM` and even (RoPE pairs), Triton installed, and autograd recording nothing for ``x``
+    and the attention's ``params`` (:func:`autograd_off`)."""
     return (
         x.is_cuda
         and triton_available()
@@ -80,6 +92,7 @@ def fused_temporal_attention_applies(x: torch.Tensor, frames: int, head_dim: int
         and 2 <= frames <= MAX_FRAMES
         and head_dim <= MAX_HEAD_DIM
         and head_dim % 2 == 0
+        and autograd_off(x, *params)
     )
 
 

@@ -180,7 +180,8 @@ class Attention(nn.Module):
             encoder_hidden_states is None
             and attention_mask is None
             and self.fused_kernel
-            and fused_temporal_attention_applies(hidden_states, hidden_states.shape[1], self.dim_head)
+            and fused_temporal_attention_applies(hidden_states, hidden_states.shape[1], self.dim_head,
+                                                 self.parameters())
         ):
             return self.short_self_attention(hidden_states)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
@@ -214,7 +215,7 @@ class Attention(nn.Module):
         tokens where the fused kernel applies (:meth:`_fused_over_frames`); elsewhere :meth:`forward` on
         the tokens regrouped as ``[B*S, T, query_dim]`` and back."""
         b, t, s, c = hidden_states.shape
-        if self.fused_kernel and fused_temporal_attention_applies(hidden_states, t, self.dim_head):
+        if self.fused_kernel and fused_temporal_attention_applies(hidden_states, t, self.dim_head, self.parameters()):
             return self._fused_over_frames(hidden_states)
         out = self(hidden_states.transpose(1, 2).reshape(b * s, t, c))
         return out.view(b, s, t, -1).transpose(1, 2)

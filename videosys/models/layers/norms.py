@@ -43,7 +43,7 @@ def norm_modulate(
         and shift.stride(-1) == 1
         and scale.stride(-1) == 1
         and (norm.weight is None) == (norm.bias is None)  # the kernel takes both affine terms or neither
-        and modulation_kernels_apply(x)
+        and modulation_kernels_apply(x, shift, scale, norm.weight, norm.bias)
     ):
         return layer_norm_modulate(x, shift, scale, norm.eps, norm.weight, norm.bias)
     return layer_norm_modulate_reference(x, shift, scale, norm.eps, norm.weight, norm.bias)
@@ -57,7 +57,7 @@ def gated(
     if (
         fused
         and gate.stride(-1) == 1
-        and modulation_kernels_apply(y)
+        and modulation_kernels_apply(y, gate, residual)
         and (residual is None or (residual.is_contiguous() and residual.dtype == y.dtype))
     ):
         return apply_gate(y, gate, residual)
@@ -86,7 +86,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight.to(x.dtype)
-        if self.fused_kernel and rms_norm_rows_applies(x):
+        if self.fused_kernel and rms_norm_rows_applies(x, weight):
             return rms_norm_rows(x, weight, self.eps)
         return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
 

@@ -427,7 +427,8 @@ class STDiT3Block(nn.Module):
         (in the frame-major layout by one fused kernel where it applies: :meth:`SelfAttention.over_frames`)."""
         b, n, c = h.shape
         tokens = n // frames
-        if self.fused_kernel and fused_temporal_attention_applies(h, frames, self.attn.head_dim):
+        attn = self.attn
+        if self.fused_kernel and fused_temporal_attention_applies(h, frames, attn.head_dim, attn.parameters()):
             return self.attn.over_frames(h.reshape(b, frames, tokens, c), rope).reshape(b, n, c)
         h = h.reshape(b, frames, tokens, c).transpose(1, 2).reshape(b * tokens, frames, c)
         h = self.attn(h, rope=rope)
