@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from videosys.kernels.common import triton_available
 from videosys.kernels.temporal_attention import (
     MAX_FRAMES,
     fused_temporal_attention,
     fused_temporal_attention_applies,
     temporal_attention_reference,
-    triton_available,
 )
 
 __all__ = [

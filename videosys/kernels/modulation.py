@@ -28,9 +28,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from videosys.kernels.temporal_attention import (
-    _next_power_of_2,
+from videosys.kernels.common import (
+    HALF_DTYPES,
     autograd_off,
+    cdiv,
+    next_power_of_2,
     triton_available,
 )
 
@@ -42,7 +44,6 @@ __all__ = [
     "modulation_kernels_apply",
 ]
 
-_DTYPES = (torch.float16, torch.bfloat16)
 #: Rows per program of the layer-norm kernel (each program holds whole rows) and its warps: the launch
 #: that measured fastest at both models' shapes on an H200 (Open-Sora 0.137 ms, Latte 0.083, against 0.171
 #: / 0.111 with 4 rows and 8 warps: ``python scripts/bench_kernels.py``, docs/benchmarks.md, seventh session).
@@ -60,7 +61,7 @@ def modulation_kernels_apply(x: torch.Tensor, *others: torch.Tensor | None) -> b
     nothing for ``x`` and the call's ``others`` (modulation rows, affine terms, residual: :func:`autograd_off`)."""
     return (
         x.is_cuda
-        and x.dtype in _DTYPES
+        and x.dtype in HALF_DTYPES
         and x.is_contiguous()
         and not torch.compiler.is_compiling()
         and triton_available()
@@ -146,16 +147,14 @@ def layer_norm_modulate(
     _check_contiguous(x=x)
     if (weight is None) != (bias is None):
         raise ValueError("the layer norm's weight and bias come together (both or neither)")
-    if shift.stride(0) != scale.stride(0):
-        raise ValueError("shift and scale must be laid out alike")
     out = torch.empty_like(x)
     if rows == 0:
         return out
     affine = weight is not None
-    _kernels().layer_norm_modulate_kernel[(_cdiv(rows, rows_per_program),)](
+    _kernels().layer_norm_modulate_kernel[(cdiv(rows, rows_per_program),)](
         x, out, shift, scale, weight if affine else x, bias if affine else x,
-        rows, c, per_group, _mod_stride(shift), eps,
-        AFFINE=affine, BLOCK_M=rows_per_program, BLOCK_C=_next_power_of_2(c), num_warps=num_warps,
+        rows, c, per_group, _mod_stride(shift), _mod_stride(scale), eps,
+        AFFINE=affine, BLOCK_M=rows_per_program, BLOCK_C=next_power_of_2(c), num_warps=num_warps,
     )
     return out
 
@@ -172,7 +171,7 @@ def apply_gate(y: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor | Non
     out = torch.empty_like(y)
     if rows == 0:
         return out
-    grid = (_cdiv(rows, GATE_BLOCK_ROWS), _cdiv(c, GATE_BLOCK_CHANNELS))
+    grid = (cdiv(rows, GATE_BLOCK_ROWS), cdiv(c, GATE_BLOCK_CHANNELS))
     _kernels().gate_kernel[grid](
         y, gate, y if residual is None else residual, out,
         rows, c, per_group, _mod_stride(gate),
@@ -180,7 +179,3 @@ def apply_gate(y: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor | Non
         num_warps=GATE_NUM_WARPS,
     )
     return out
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)

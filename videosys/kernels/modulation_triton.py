@@ -2,7 +2,8 @@
 :mod:`videosys.kernels.modulation` imports it on first use only).
 
 Both kernels walk ``[rows, C]`` row-major tensors whose rows fall into equal consecutive groups, each group
-with its own modulation row (``row // rows_per_group``), read with ``mod_stride`` between groups. Values are
+with its own modulation row (``row // rows_per_group``), read with each modulation tensor's stride between
+groups. Values are
 rounded to the output dtype where the torch path rounds them, so the results equal the torch path's.
 """
 
@@ -21,7 +22,7 @@ def _round(x, dtype: tl.constexpr):
 @triton.jit
 def layer_norm_modulate_kernel(
     x_ptr, out_ptr, shift_ptr, scale_ptr, w_ptr, b_ptr,
-    rows, C, rows_per_group, mod_stride, eps,
+    rows, C, rows_per_group, shift_stride, scale_stride, eps,
     AFFINE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """``BLOCK_M`` whole rows per program (``BLOCK_C >= C``): the layer norm in float32, rounded (as
@@ -43,9 +44,9 @@ def layer_norm_modulate_kernel(
         b = tl.load(b_ptr + c, mask=cmask, other=0.0).to(tl.float32)
         h = h * w[None, :] + b[None, :]
     h = _round(h, dtype)
-    mod = (r // rows_per_group)[:, None] * mod_stride + c[None, :]
-    shift = tl.load(shift_ptr + mod, mask=mask, other=0.0).to(tl.float32)
-    scale = tl.load(scale_ptr + mod, mask=mask, other=0.0).to(tl.float32)
+    group = (r // rows_per_group)[:, None]
+    shift = tl.load(shift_ptr + group * shift_stride + c[None, :], mask=mask, other=0.0).to(tl.float32)
+    scale = tl.load(scale_ptr + group * scale_stride + c[None, :], mask=mask, other=0.0).to(tl.float32)
     out = h * _round(1.0 + scale, dtype) + shift
     tl.store(out_ptr + offs, out.to(dtype), mask=mask)
 

@@ -14,15 +14,16 @@ from typing import Any
 
 import torch
 
-from videosys.kernels.temporal_attention import (
-    _next_power_of_2,
+from videosys.kernels.common import (
+    HALF_DTYPES,
     autograd_off,
+    cdiv,
+    next_power_of_2,
     triton_available,
 )
 
 __all__ = ["MAX_ROW", "rms_norm_rows", "rms_norm_rows_applies"]
 
-_DTYPES = (torch.float16, torch.bfloat16)
 #: The longest row the kernel takes (longer rows keep ``F.rms_norm``, whose per-row blocks suit them).
 MAX_ROW = 128
 #: Rows per program and warps.
@@ -34,10 +35,10 @@ def rms_norm_rows_applies(x: torch.Tensor, weight: torch.Tensor | None = None) -
     """Whether :func:`rms_norm_rows` takes ``x``: a contiguous CUDA tensor in fp16 / bf16 with at most
     :data:`MAX_ROW` channels, Triton installed, not inside ``torch.compile``'s tracing (Inductor generates
     its own kernel there), and autograd recording nothing for ``x`` and ``weight``
-    (:func:`videosys.kernels.temporal_attention.autograd_off`)."""
+    (:func:`videosys.kernels.common.autograd_off`)."""
     return (
         x.is_cuda
-        and x.dtype in _DTYPES
+        and x.dtype in HALF_DTYPES
         and 0 < x.shape[-1] <= MAX_ROW
         and x.is_contiguous()
         and not torch.compiler.is_compiling()
@@ -66,8 +67,8 @@ def rms_norm_rows(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Te
     out = torch.empty_like(x)
     rows = x.numel() // d
     if rows:
-        _kernel()[(-(-rows // ROWS_PER_PROGRAM),)](
-            x, weight, out, rows, eps, D=d, BLOCK_R=ROWS_PER_PROGRAM, BLOCK_D=_next_power_of_2(d),
+        _kernel()[(cdiv(rows, ROWS_PER_PROGRAM),)](
+            x, weight, out, rows, eps, D=d, BLOCK_R=ROWS_PER_PROGRAM, BLOCK_D=next_power_of_2(d),
             num_warps=NUM_WARPS,
         )
     return out

@@ -25,8 +25,6 @@ rounds; scripts/bench_kernels.py on the GPU).
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import math
 import os
 from collections.abc import Iterable
@@ -35,15 +33,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from videosys.kernels.common import (
+    HALF_DTYPES,
+    autograd_off,
+    next_power_of_2,
+    triton_available,
+)
 from videosys.models.layers.rope import apply_rotary
 
 __all__ = [
     "MAX_FRAMES",
-    "autograd_off",
     "fused_temporal_attention",
     "fused_temporal_attention_applies",
     "temporal_attention_reference",
-    "triton_available",
 ]
 
 #: The longest frame axis the kernel takes (its ``T x T`` scores and ``T x head_dim`` tiles stay in
@@ -51,31 +53,12 @@ __all__ = [
 MAX_FRAMES = 64
 #: The widest head the kernel takes (one power-of-two tile of channels).
 MAX_HEAD_DIM = 128
-_DTYPES = (torch.float16, torch.bfloat16)
 #: The launch that measured fastest at Open-Sora's 480p 2s shape on an H200 (0.367 ms; one head with 4 warps
 #: 0.469 ms, with 1 warp 0.389 ms: ``python scripts/bench_kernels.py``, docs/benchmarks.md, sixth session).
 DEFAULT_HEADS_PER_PROGRAM = 2
 DEFAULT_NUM_WARPS = 2
 
 RopeTables = tuple[torch.Tensor, torch.Tensor] | None
-
-
-@functools.lru_cache(maxsize=1)
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None  # ~0.1 ms: asked once per process
-
-
-@torch.compiler.assume_constant_result
-def triton_available() -> bool:
-    """Whether Triton is installed (a constant to Dynamo, which bakes the answer into compiled code)."""
-    return _triton_installed()
-
-
-def autograd_off(*tensors: torch.Tensor | None) -> bool:
-    """Whether autograd records nothing for ops on ``tensors``: grad mode is off (the pipelines denoise under
-    ``torch.inference_mode``) or none of them requires a gradient. The Triton kernels have no backward, so
-    where autograd records (training, fine-tuning) the torch path runs."""
-    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
 
 
 def fused_temporal_attention_applies(
@@ -88,7 +71,7 @@ def fused_temporal_attention_applies(
     return (
         x.is_cuda
         and triton_available()
-        and x.dtype in _DTYPES
+        and x.dtype in HALF_DTYPES
         and 2 <= frames <= MAX_FRAMES
         and head_dim <= MAX_HEAD_DIM
         and head_dim % 2 == 0
@@ -192,16 +175,12 @@ def fused_temporal_attention(
         out.stride(0), out.stride(1), out.stride(2),
         eps, 1.0 / math.sqrt(head_dim),
         HEAD_DIM=head_dim, Q_NORM=q_weight is not None, K_NORM=k_weight is not None, ROPE=rope is not None,
-        BLOCK_T=max(16, _next_power_of_2(t)), BLOCK_P=max(16, _next_power_of_2(head_dim // 2)),
+        BLOCK_T=max(16, next_power_of_2(t)), BLOCK_P=max(16, next_power_of_2(head_dim // 2)),
         HEADS_PER_PROGRAM=heads_per_program,
         DOT_FP32=qkv.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1",
         num_warps=num_warps,
     )
     return out
-
-
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 def _kernel() -> Any:

@@ -429,9 +429,9 @@ class STDiT3Block(nn.Module):
         tokens = n // frames
         attn = self.attn
         if self.fused_kernel and fused_temporal_attention_applies(h, frames, attn.head_dim, attn.parameters()):
-            return self.attn.over_frames(h.reshape(b, frames, tokens, c), rope).reshape(b, n, c)
+            return attn.over_frames(h.reshape(b, frames, tokens, c), rope).reshape(b, n, c)
         h = h.reshape(b, frames, tokens, c).transpose(1, 2).reshape(b * tokens, frames, c)
-        h = self.attn(h, rope=rope)
+        h = attn(h, rope=rope)
         return h.reshape(b, tokens, frames, c).transpose(1, 2).reshape(b, n, c)
 
     def self_attention(
