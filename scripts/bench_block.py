@@ -104,9 +104,10 @@ def opensora_cases(dtype: torch.dtype) -> list[Case]:
         block = block.to(dev, dtype).eval()
         rope_arg = rope if temporal else None
         pieces = {
-            "self_attention": lambda m, r=rope_arg: m.self_attention(x, mods[0], mods[1], mods[2], frames, tokens, r),
+            "self_attention": lambda m, r=rope_arg: m.self_attention(x, mods[0], mods[1], mods[2], frames, tokens, r,
+                                                                        keep_output=False),
             "cross_attention": lambda m: m.cross_attention(x, y, None),
-            "feed_forward": lambda m: m.feed_forward(x, mods[3], mods[4], mods[5]),
+            "feed_forward": lambda m: m.feed_forward(x, mods[3], mods[4], mods[5], keep_output=False),
         }
         attn_q = (b * n // frames, HEADS, frames, HEAD_DIM) if temporal else (b * frames, HEADS, tokens, HEAD_DIM)
         cases.append(Case(

@@ -15,6 +15,7 @@ from support import kernel_test_models
 
 from videosys.kernels.modulation import (
     apply_gate,
+    apply_gate_and_add,
     apply_gate_reference,
     layer_norm_modulate,
     layer_norm_modulate_reference,
@@ -53,6 +54,10 @@ def kernel_cases() -> dict[str, float]:
                                                                           apply_gate_reference(y, gate))
             out[f"gate+residual {list(shape)} G={groups} {str(dtype)[6:]}"] = ulps(
                 apply_gate(y, gate, x), apply_gate_reference(y, gate, x))
+            total, product = apply_gate_and_add(y, gate, x)
+            out[f"gate+add {list(shape)} G={groups} {str(dtype)[6:]}"] = ulps(total, apply_gate_reference(y, gate, x))
+            out[f"gate+add/product {list(shape)} G={groups} {str(dtype)[6:]}"] = ulps(
+                product, apply_gate_reference(y, gate))
     # qk-norm rows: Open-Sora's head_dim 72, the widest row taken (128), a single channel
     for shape in ((3, 5, 4, 72), (7, 128), (6, 1)):
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
@@ -61,6 +66,19 @@ def kernel_cases() -> dict[str, float]:
             out[f"rms {list(shape)} {str(dtype)[6:]}"] = ulps(rms_norm_rows(x, w, 1e-6),
                                                               F.rms_norm(x, (shape[-1],), w, 1e-6))
     return out
+
+
+class KeepEverything:
+    """A stand-in PAB run that computes every module and asks for every output (as a run keeps them), so
+    STDiT3's gated modules take the kernel that writes the residual sum and the gated product."""
+
+    def compute_or_broadcast(self, kind, block, fn, site=""):
+        return fn()
+
+    def add_or_broadcast(self, kind, block, residual, fn, site=""):
+        total, output = fn(True)
+        assert output is not None and output.shape == total.shape
+        return total
 
 
 def with_kernels_forced(model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -74,14 +92,14 @@ def with_kernels_forced(model: torch.nn.Module, inputs: dict) -> tuple[torch.Ten
             return kernel(*args, **kwargs)
         return call
 
-    names = ("modulation_kernels_apply", "layer_norm_modulate", "apply_gate", "rms_norm_rows_applies",
-             "rms_norm_rows")
+    names = ("modulation_kernels_apply", "layer_norm_modulate", "apply_gate", "apply_gate_and_add",
+             "rms_norm_rows_applies", "rms_norm_rows")
     saved = {name: getattr(norms_module, name) for name in names}
     with torch.no_grad():
         torch_path = model(**inputs)
         norms_module.modulation_kernels_apply = lambda x, *others: x.is_contiguous()
         norms_module.rms_norm_rows_applies = lambda x, *others: x.is_contiguous()
-        for name in ("layer_norm_modulate", "apply_gate", "rms_norm_rows"):
+        for name in ("layer_norm_modulate", "apply_gate", "apply_gate_and_add", "rms_norm_rows"):
             setattr(norms_module, name, counted(saved[name]))
         try:
             fused = model(**inputs)
@@ -93,7 +111,10 @@ def with_kernels_forced(model: torch.nn.Module, inputs: dict) -> tuple[torch.Ten
 
 def model_cases() -> dict[str, float]:
     out = {}
-    for name, (model, inputs) in kernel_test_models(latte_norm_affine=True).items():
+    models = kernel_test_models(latte_norm_affine=True)
+    stdit3, stdit3_inputs = models["stdit3"]
+    models["stdit3 keeping outputs"] = (stdit3, {**stdit3_inputs, "pab": KeepEverything()})
+    for name, (model, inputs) in models.items():
         torch_path, fused, calls = with_kernels_forced(model, inputs)
         out.update({name: (fused - torch_path).abs().max().item(), f"{name} kernel calls": float(calls)})
     return out

@@ -120,6 +120,59 @@ def test_broadcast_skips_compute_and_counts_match_the_plan():
     assert stats["mlp"]["broadcast"] == 5 * 2 * 5 * 2  # 5 keys x 2 reuses x 5 listed blocks x 2 sites
 
 
+def test_add_or_broadcast_asks_for_outputs_only_where_they_are_kept_and_matches_compute_or_broadcast():
+    """The residual form: the same decisions and counters as compute_or_broadcast, the output asked for only
+    on calls that keep it (or with an observer), a broadcast adding the kept output to the residual."""
+    scheduler = PABScheduler(PABConfig.from_dict(PAB236))
+    residual = torch.full((2, 3), 1000.0)
+    asked = []
+
+    def module(kind: str, value: float):
+        def fn(want: bool):
+            asked.append(want)
+            out = torch.full((2, 3), value)
+            return residual + out, (out if want else None)
+
+        return fn
+
+    with scheduler.new_run(DDIM50) as plain, scheduler.new_run(DDIM50) as fused:
+        for i, _ in enumerate(DDIM50):
+            plain.begin_call()
+            fused.begin_call()
+            for b in range(3):
+                for kind, site in (("spatial", ""), ("mlp", "spatial"), ("temporal", "")):
+                    want = residual + plain.compute_or_broadcast(kind, b, lambda i=i: torch.full((2, 3), float(i)), site)
+                    n = len(asked)
+                    got = fused.add_or_broadcast(kind, b, residual, module(kind, float(i)), site)
+                    assert torch.equal(got, want), (i, kind, b)
+                    if len(asked) > n:  # computed: the output is asked for exactly when this call keeps it
+                        plan = fused.plan
+                        keeps = (b in plan.mlp_blocks and plan.mlp_actions[i] == MLP_STORE if kind == "mlp"
+                                 else plan.keep[kind][i])
+                        assert asked[-1] == keeps, (i, kind, b)
+            assert fused.kept_bytes == plain.kept_bytes
+    assert fused.stats.as_dict() == plain.stats.as_dict()
+    assert fused.stats.peak_kept_bytes == plain.stats.peak_kept_bytes
+    assert True in asked and False in asked
+
+    # an observer sees every computed output, so it is always asked for
+    seen = []
+    observed = PABScheduler(PABConfig.from_dict(PAB236)).new_run(DDIM50, observer=lambda *a: seen.append(a[-1]))
+    with observed as run:
+        run.begin_call()
+        asked.clear()
+        run.add_or_broadcast("spatial", 0, residual, module("spatial", 7.0))
+    assert asked == [True] and torch.equal(seen[0], torch.full((2, 3), 7.0))
+
+    # a module that returns no output where one must be kept is an error, not a silent miss
+    with scheduler.new_run(DDIM50) as run:
+        keep_call = run.plan.keep["spatial"].index(True)
+        for _ in range(keep_call + 1):
+            run.begin_call()
+        with pytest.raises(RuntimeError, match="returned no output to keep"):
+            run.add_or_broadcast("spatial", 0, residual, lambda want: (residual, None))
+
+
 def test_disabled_config_computes_everything():
     model = CountingModel(blocks=2)
     with PABScheduler(PABConfig.disabled()).new_run(DDIM50) as run:

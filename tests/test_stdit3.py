@@ -596,6 +596,13 @@ class Recorder:
         self.outputs[(kind, site, block)] = out
         return out
 
+    def add_or_broadcast(self, kind: str, block: int, residual: torch.Tensor, fn: Callable[[bool], Any],
+                         site: str = "") -> torch.Tensor:
+        total, out = fn(True)
+        self.calls.append((kind, site, block))
+        self.outputs[(kind, site, block)] = out
+        return total
+
 
 class Replayer:
     """Returns recorded outputs instead of computing (what a broadcast of every module does)."""
@@ -605,6 +612,10 @@ class Replayer:
 
     def compute_or_broadcast(self, kind: str, block: int, fn: Callable[[], Any], site: str = "") -> Any:
         return self.outputs[(kind, site, block)]
+
+    def add_or_broadcast(self, kind: str, block: int, residual: torch.Tensor, fn: Callable[[bool], Any],
+                         site: str = "") -> torch.Tensor:
+        return residual + self.outputs[(kind, site, block)]
 
 
 def _count_module_calls(m: STDiT3) -> tuple[dict[str, int], list[Any]]:

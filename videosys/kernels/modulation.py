@@ -9,7 +9,8 @@ seventh session: the gate multiply took 115 us per Latte block). Here:
 
 * :func:`layer_norm_modulate`: the layer norm and the modulation in one kernel, reading ``x`` once and
   writing the modulated tokens once (the torch path writes and reads the normalised tokens in between);
-* :func:`apply_gate`: ``y * gate``, or ``residual + y * gate``, in one kernel.
+* :func:`apply_gate`: ``y * gate``, or ``residual + y * gate``, in one kernel; :func:`apply_gate_and_add`
+  writes both ``residual + y * gate`` and ``y * gate`` (STDiT3, where PAB keeps the gated product).
 
 Rows of ``x`` (its ``[..., C]`` flattened to ``[rows, C]``) fall into ``G`` equal consecutive groups, one
 per row of the ``[G, 1, C]`` (or ``[G, C]``) modulation tensors: one row per video for both STDiT3's
@@ -38,6 +39,7 @@ from videosys.kernels.common import (
 
 __all__ = [
     "apply_gate",
+    "apply_gate_and_add",
     "apply_gate_reference",
     "layer_norm_modulate",
     "layer_norm_modulate_reference",
@@ -163,19 +165,35 @@ def layer_norm_modulate(
 def apply_gate(y: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
     """``y * gate`` (``+ residual``) in one Triton kernel (:func:`apply_gate_reference` in torch). ``y`` and
     ``residual`` ``[..., C]`` contiguous and alike; ``gate`` ``[G, 1, C]`` with contiguous channels."""
+    return _launch_gate(y, gate, residual, product=False)[0]
+
+
+@torch.compiler.disable
+def apply_gate_and_add(y: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(residual + y * gate, y * gate)`` in one Triton kernel: the updated residual stream and the gated
+    product itself (what PAB keeps of an STDiT3 module), each rounded as :func:`apply_gate_reference` rounds
+    it. Arguments as for :func:`apply_gate`."""
+    out, product = _launch_gate(y, gate, residual, product=True)
+    assert product is not None
+    return out, product
+
+
+def _launch_gate(y: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor | None,
+                 product: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     rows, c, per_group = _group_rows(y, gate)
     _check_contiguous(y=y, residual=residual)
     if residual is not None and (residual.shape != y.shape or residual.dtype != y.dtype):
         raise ValueError(f"residual must match y: {list(residual.shape)} {residual.dtype} against "
                          f"{list(y.shape)} {y.dtype}")
     out = torch.empty_like(y)
+    prod = torch.empty_like(y) if product else None
     if rows == 0:
-        return out
+        return out, prod
     grid = (cdiv(rows, GATE_BLOCK_ROWS), cdiv(c, GATE_BLOCK_CHANNELS))
     _kernels().gate_kernel[grid](
-        y, gate, y if residual is None else residual, out,
+        y, gate, y if residual is None else residual, out, out if prod is None else prod,
         rows, c, per_group, _mod_stride(gate),
-        RESIDUAL=residual is not None, BLOCK_M=GATE_BLOCK_ROWS, BLOCK_C=GATE_BLOCK_CHANNELS,
-        num_warps=GATE_NUM_WARPS,
+        RESIDUAL=residual is not None, PRODUCT=prod is not None, BLOCK_M=GATE_BLOCK_ROWS,
+        BLOCK_C=GATE_BLOCK_CHANNELS, num_warps=GATE_NUM_WARPS,
     )
-    return out
+    return out, prod

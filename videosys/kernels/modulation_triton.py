@@ -53,12 +53,13 @@ def layer_norm_modulate_kernel(
 
 @triton.jit
 def gate_kernel(
-    y_ptr, gate_ptr, res_ptr, out_ptr,
+    y_ptr, gate_ptr, res_ptr, out_ptr, prod_ptr,
     rows, C, rows_per_group, gate_stride,
-    RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    RESIDUAL: tl.constexpr, PRODUCT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """``y * gate`` (rounded, as the torch path's product), plus ``residual`` (rounded again) with
-    ``RESIDUAL``, over a ``BLOCK_M x BLOCK_C`` tile per program."""
+    ``RESIDUAL``, over a ``BLOCK_M x BLOCK_C`` tile per program; with ``PRODUCT`` (and ``RESIDUAL``) the
+    rounded product is also written to ``prod_ptr``."""
     dtype = out_ptr.dtype.element_ty
     r = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -69,5 +70,8 @@ def gate_kernel(
                    other=0.0).to(tl.float32)
     out = y * gate
     if RESIDUAL:
-        out = _round(out, dtype) + tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        product = out.to(dtype)
+        if PRODUCT:
+            tl.store(prod_ptr + offs, product, mask=mask)
+        out = product.to(tl.float32) + tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs, out.to(dtype), mask=mask)

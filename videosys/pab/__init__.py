@@ -11,7 +11,7 @@ from .config import (
     resolve_pab,
     with_cache_format,
 )
-from .run import PABObserver, PABRun, PABStats, run_module
+from .run import PABObserver, PABRun, PABStats, run_module, run_residual
 from .scheduler import PABPlan, PABScheduler
 
 __all__ = [
@@ -29,5 +29,6 @@ __all__ = [
     "PABStats",
     "resolve_pab",
     "run_module",
+    "run_residual",
     "with_cache_format",
 ]

@@ -1,14 +1,17 @@
 """Per-request PAB state: call index, the cache of kept outputs and the counters.
 
 A model never holds PAB state itself. Every broadcastable module routes its work through
-``run.compute_or_broadcast(kind, block, fn)``; ``fn`` holds everything the module costs (norms, the
-attention, its sequence-parallel communication), so a broadcast skips all of it.
+``run.compute_or_broadcast(kind, block, fn)`` (or, when its output is added to the residual stream in the
+same pass, ``run.add_or_broadcast(kind, block, x, fn)``); ``fn`` holds everything the module costs (norms,
+the attention, its sequence-parallel communication), so a broadcast skips all of it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, TypeVar
+
+import torch
 
 from .config import ALL_KINDS, ATTENTION_KINDS, check_cache_format
 from .kept import keep as keep_output
@@ -87,37 +90,66 @@ class PABRun:
         """Return the kept output of this module on a broadcast call, else ``fn()`` (kept if the next
         call will reuse it). ``kind`` is spatial, temporal, cross or mlp; ``site`` separates modules of
         one kind and block index (e.g. the spatial and temporal MLPs of block 3)."""
+        key = (kind, site, block)
+        reuse, keep = self._decide(kind, block)
+        if reuse and key in self._cache:
+            return self._reuse(key)  # type: ignore[no-any-return]
+        out = fn()
+        self._computed(key, out, keep)
+        return out
+
+    def add_or_broadcast(self, kind: str, block: int, residual: torch.Tensor,
+                         fn: Callable[[bool], tuple[torch.Tensor, torch.Tensor | None]],
+                         site: str = "") -> torch.Tensor:
+        """``residual`` plus this module's output, the output decided as by :meth:`compute_or_broadcast`.
+        ``fn(want_output)`` computes the sum in one pass and returns ``(sum, output)``, the output only when
+        ``want_output`` (it is then kept or observed; else ``None``, and never materialised by a fused
+        kernel). A broadcast call adds the kept output to ``residual``."""
+        key = (kind, site, block)
+        reuse, keep = self._decide(kind, block)
+        if reuse and key in self._cache:
+            return residual + self._reuse(key)
+        want = keep or self.observer is not None
+        total, out = fn(want)
+        if want and out is None:
+            raise RuntimeError(f"PAB: the {kind} module of block {block} returned no output to keep")
+        self._computed(key, out, keep)
+        return total
+
+    def _decide(self, kind: str, block: int) -> tuple[bool, bool]:
+        """(reuse the kept output on this call, keep this call's output)."""
         i = self._call
         if i < 0:
             raise RuntimeError("PAB: compute_or_broadcast before begin_call()")
-        key = (kind, site, block)
         if kind in ATTENTION_KINDS:
-            reuse = self.plan.broadcast[kind][i]
-            keep = self.plan.keep[kind][i]
-        elif kind == "mlp":
+            return self.plan.broadcast[kind][i], self.plan.keep[kind][i]
+        if kind == "mlp":
             listed = block in self.plan.mlp_blocks
             action = self.plan.mlp_actions[i]
-            reuse = listed and action == MLP_REUSE
-            keep = listed and action == MLP_STORE
-        else:
-            raise ValueError(f"PAB kind {kind!r} not allowed (allowed: {', '.join(ALL_KINDS)})")
-        if reuse and key in self._cache:
-            self.stats.broadcast[kind] += 1
-            kept = self._cache[key]
-            if not self._reused_next(kind, block):
-                self._drop(key)
-            return restore(kept)  # type: ignore[no-any-return]
-        out = fn()
+            return listed and action == MLP_REUSE, listed and action == MLP_STORE
+        raise ValueError(f"PAB kind {kind!r} not allowed (allowed: {', '.join(ALL_KINDS)})")
+
+    def _reuse(self, key: tuple[str, str, int]) -> Any:
+        kind, _, block = key
+        self.stats.broadcast[kind] += 1
+        kept = self._cache[key]
+        if not self._reused_next(kind, block):
+            self._drop(key)
+        return restore(kept)
+
+    def _computed(self, key: tuple[str, str, int], out: Any, keep: bool) -> None:
+        """Count a computed output, report it to the observer, and keep it if the plan says so (``out`` is
+        ``None`` only when neither needs it)."""
+        kind, site, block = key
         self.stats.computed[kind] += 1
         if self.observer is not None:
-            self.observer(i, self.plan.timesteps[i], kind, site, block, out)
+            self.observer(self._call, self.plan.timesteps[self._call], kind, site, block, out)
         self._drop(key)
         if keep:
             kept = keep_output(out, self.cache_format)
             self._cache[key] = kept
             self.kept_bytes += kept_nbytes(kept)
             self.stats.peak_kept_bytes = max(self.stats.peak_kept_bytes, self.kept_bytes)
-        return out
 
     def _drop(self, key: tuple[str, str, int]) -> None:
         if key in self._cache:
@@ -154,3 +186,14 @@ def run_module(pab: PABRun | None, kind: str, block: int, fn: Callable[[], T], s
     if pab is None:
         return fn()
     return pab.compute_or_broadcast(kind, block, fn, site)
+
+
+def run_residual(pab: PABRun | None, kind: str, block: int, residual: torch.Tensor,
+                 fn: Callable[[bool], tuple[torch.Tensor, torch.Tensor | None]], site: str = "") -> torch.Tensor:
+    """``residual`` + a module's output, where ``fn(want_output)`` returns ``(sum, output or None)`` (the sum
+    in one pass, e.g. a gate kernel that also adds the residual): ``fn(False)[0]`` when no PAB run is
+    active, else :meth:`PABRun.add_or_broadcast`. Models call this for modules whose output only ever
+    joins the residual stream."""
+    if pab is None:
+        return fn(False)[0]
+    return pab.add_or_broadcast(kind, block, residual, fn, site)

@@ -13,6 +13,7 @@ from torch import nn
 
 from videosys.kernels.modulation import (
     apply_gate,
+    apply_gate_and_add,
     apply_gate_reference,
     layer_norm_modulate,
     layer_norm_modulate_reference,
@@ -20,7 +21,7 @@ from videosys.kernels.modulation import (
 )
 from videosys.kernels.rms_norm import rms_norm_rows, rms_norm_rows_applies
 
-__all__ = ["RMSNorm", "gated", "modulate", "norm_modulate"]
+__all__ = ["RMSNorm", "gated", "gated_add", "modulate", "norm_modulate"]
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -54,14 +55,32 @@ def gated(
 ) -> torch.Tensor:
     """``y * gate`` (``+ residual``) with ``gate`` ``[G, 1, C]`` one row per group of ``y``'s rows; one
     kernel where :func:`videosys.kernels.modulation.modulation_kernels_apply` and ``fused``."""
-    if (
+    if _gate_kernel_applies(y, gate, residual, fused):
+        return apply_gate(y, gate, residual)
+    return apply_gate_reference(y, gate, residual)
+
+
+def gated_add(
+    y: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor, *, keep_product: bool, fused: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(residual + y * gate, y * gate)``, the product only with ``keep_product`` (else ``None``): the
+    residual update of a gated module whose output PAB may keep. One kernel pass where the kernels apply
+    (reading ``y`` and ``residual`` once), instead of the gate's pass and the residual add's."""
+    if not keep_product:
+        return gated(y, gate, residual, fused=fused), None
+    if _gate_kernel_applies(y, gate, residual, fused):
+        return apply_gate_and_add(y, gate, residual)
+    product = apply_gate_reference(y, gate)
+    return residual + product, product
+
+
+def _gate_kernel_applies(y: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor | None, fused: bool) -> bool:
+    return (
         fused
         and gate.stride(-1) == 1
         and modulation_kernels_apply(y, gate, residual)
         and (residual is None or (residual.is_contiguous() and residual.dtype == y.dtype))
-    ):
-        return apply_gate(y, gate, residual)
-    return apply_gate_reference(y, gate, residual)
+    )
 
 
 class RMSNorm(nn.Module):

@@ -30,6 +30,8 @@ self-attention (``"temporal"``), the cross-attention of both block types (``"cro
 :func:`videosys.pab.run_module` with the depth index as block. As in the reference, what is computed
 and kept is the module output *after* its gate (``gate_msa * attn``, ``gate_mlp * mlp``) and the raw
 cross-attention output; each ``fn`` holds the norm, modulation and attention, so a broadcast skips it all.
+The gated modules add their output to the residual stream in the gate's pass
+(:func:`videosys.pab.run_residual`); the gated product is written out only on the calls that keep it.
 
 Sequence parallel (``forward(..., parallel=state)`` with ``state.sp_size = P > 1``): every SP rank runs the
 same forward on its share of the spatial tokens. After the patch embedding and the position table,
@@ -62,14 +64,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from videosys.kernels import fused_temporal_attention, fused_temporal_attention_applies
-from videosys.pab import PABRun, run_module
+from videosys.pab import PABRun, run_module, run_residual
 from videosys.parallel import ParallelState, comm
 
 from ..config_values import is_int, is_number
 from ..layers.activations import linear_gelu_tanh
 from ..layers.attention import scaled_dot_product
 from ..layers.embeddings import timestep_sinusoids
-from ..layers.norms import RMSNorm, gated, modulate, norm_modulate
+from ..layers.norms import RMSNorm, gated_add, modulate, norm_modulate
 from ..layers.rope import RotaryEmbedding, apply_rotary
 from ..weights import load_pretrained
 
@@ -444,26 +446,31 @@ class STDiT3Block(nn.Module):
         tokens: int,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         parallel: ParallelState | None = None,
-    ) -> torch.Tensor:
-        """``gate * attn(modulate(norm1(x)))``: everything the self-attention costs, the spatial one's
-        sequence-parallel all-to-alls included (kept by PAB)."""
+        *,
+        keep_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(x + out, out)`` with ``out = gate * attn(modulate(norm1(x)))`` (``None`` unless
+        ``keep_output``): everything the self-attention costs, the spatial one's sequence-parallel
+        all-to-alls included, and the residual add in the gate's pass (``out`` is what PAB keeps)."""
         h = norm_modulate(self.norm1, x, shift, scale, fused=self.fused_kernel)
         if self.temporal:
             h = self.temporal_attention(h, frames, rope)
         else:
             h = self.spatial_attention(h, frames, tokens, parallel)
-        return gated(h, gate, fused=self.fused_kernel)
+        return gated_add(h, gate, x, keep_product=keep_output, fused=self.fused_kernel)
 
     def cross_attention(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """Cross-attention output (no norm, no gate; kept by PAB)."""
         return self.cross_attn(x, y, key_mask)
 
     def feed_forward(
-        self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor
-    ) -> torch.Tensor:
-        """``gate * mlp(modulate(norm2(x)))`` (kept by PAB)."""
+        self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor, *,
+        keep_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(x + out, out)`` with ``out = gate * mlp(modulate(norm2(x)))`` (``None`` unless
+        ``keep_output``; ``out`` is what PAB keeps)."""
         h = norm_modulate(self.norm2, x, shift, scale, fused=self.fused_kernel)
-        return gated(self.mlp(h), gate, fused=self.fused_kernel)
+        return gated_add(self.mlp(h), gate, x, keep_product=keep_output, fused=self.fused_kernel)
 
     def forward(
         self,
@@ -498,23 +505,29 @@ class STDiT3Block(nn.Module):
         site = self.kind
 
         x_attn_in = x
-        attn = run_module(
+        x = run_residual(
             pab,
             self.kind,
             block,
-            lambda: self.self_attention(x_attn_in, shift_msa, scale_msa, gate_msa, frames, tokens, rope, parallel),
+            x,
+            lambda keep: self.self_attention(
+                x_attn_in, shift_msa, scale_msa, gate_msa, frames, tokens, rope, parallel, keep_output=keep
+            ),
         )
-        x = x + attn
 
         x_cross_in = x
         cross = run_module(pab, "cross", block, lambda: self.cross_attention(x_cross_in, y, key_mask), site=site)
         x = x + cross
 
         x_mlp_in = x
-        mlp = run_module(
-            pab, "mlp", block, lambda: self.feed_forward(x_mlp_in, shift_mlp, scale_mlp, gate_mlp), site=site
+        return run_residual(
+            pab,
+            "mlp",
+            block,
+            x,
+            lambda keep: self.feed_forward(x_mlp_in, shift_mlp, scale_mlp, gate_mlp, keep_output=keep),
+            site=site,
         )
-        return x + mlp
 
 
 class PatchEmbed3D(nn.Module):
