@@ -16,6 +16,7 @@ import yaml
 
 from videosys.batch import (
     BatchConfigError,
+    BatchInterrupted,
     Manifest,
     ManifestBusyError,
     execute_batch,
@@ -158,6 +159,32 @@ def test_failed_item_is_recorded_the_batch_goes_on_and_a_rerun_retries_it(batch_
     assert not (out / NAMES[1]).exists()
     summary = run_batch(batch_yaml, progress=False)
     assert (summary.done, summary.skipped, summary.failed) == (2, 2, 0)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped KeyboardInterrupt
+def test_a_ctrl_c_swallowed_by_a_finaliser_still_stops_the_batch(batch_yaml, tmp_path):
+    """Python raises a signal's KeyboardInterrupt in whatever runs next, which can be a ``__del__`` that drops
+    it ("Exception ignored"): the batch still stops after the item in flight, recorded, as interrupted."""
+    batch = prepare_batch(batch_yaml)
+    real = batch.engine.generate_requests
+
+    class Finaliser:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGINT)  # the KeyboardInterrupt is raised in here, and dropped
+
+    def generate(requests, return_exceptions=False):
+        results = real(requests, return_exceptions=return_exceptions)
+        Finaliser()  # collected at once
+        return results
+
+    batch.engine.generate_requests = generate
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(BatchInterrupted) as info:
+        execute_batch(batch, progress=False)
+    assert signal.getsignal(signal.SIGINT) is handler  # the batch's handler is gone with it
+    summary = info.value.summary
+    assert (summary.done, summary.not_run, summary.interrupted) == (1, 3, True)
+    assert [r["status"] for r in items(tmp_path / "out" / "manifest.jsonl")] == ["done"]
 
 
 def test_fail_fast_stops_at_the_first_failure(batch_yaml, tmp_path):
@@ -360,14 +387,14 @@ def test_killed_batch_resumes_without_redoing_finished_items(sig, tiny_latte_dir
         _wait_for_done(out / "manifest.jsonl", proc, 1)
         t0 = time.monotonic()
         proc.send_signal(sig)
-        stdout, _ = proc.communicate(timeout=120)
+        stdout, stderr = proc.communicate(timeout=120)
         print(f"exited {time.monotonic() - t0:.1f}s after the signal")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     if sig == signal.SIGINT:
-        assert proc.returncode == 130 and "interrupted: rerun the same command to resume" in stdout
+        assert proc.returncode == 130 and "interrupted: rerun the same command to resume" in stdout, stderr
     else:
         assert proc.returncode == -signal.SIGKILL
     finished = {r["key"] for r in items(out / "manifest.jsonl") if r["status"] == "done"}

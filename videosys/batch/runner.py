@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import BatchConfigError
+from .interrupts import remembered_interrupts
 from .loading import LoadedConfig, load_config
 from .manifest import MANIFEST_VERSION, Manifest
 from .outputs import incomplete_reason, measure
@@ -278,33 +279,37 @@ def execute_batch(batch: PreparedBatch, *, fail_fast: bool | None = None, progre
         step = max(1, int(batch.engine.concurrency))
         bar = tqdm(total=len(todo), desc="batch", unit="video", disable=not progress or not todo, dynamic_ncols=True)
         try:
-            for lo in range(0, len(todo), step):
-                chunk = todo[lo:lo + step]
-                t0 = time.perf_counter()
-                try:
-                    outcomes = batch.engine.generate_requests([i.request for i in chunk], return_exceptions=True)
-                except Exception as exc:  # noqa: BLE001 - the whole chunk failed (e.g. the pool died)
-                    logger.warning("generation of %d item(s) failed: %s", len(chunk), exc)
-                    outcomes = [exc] * len(chunk)
-                share = (time.perf_counter() - t0) / len(chunk)
-                stop = False
-                for item, outcome in zip(chunk, outcomes):
-                    record, seconds = _finish(item, outcome, batch, share)
-                    manifest.append(record)
-                    summary.not_run -= 1
-                    if seconds is None:
-                        summary.failed += 1
-                        summary.failures.append((item.key, record["error"]))
-                        logger.warning("%s (%s) failed: %s", item.key, item.origin, record["error"])
-                        stop = stop or fail_fast
-                    else:
-                        summary.done += 1
-                        summary.seconds.append(seconds)
-                    bar.update(1)
-                    bar.set_postfix(failed=summary.failed, refresh=False)
-                if stop:
-                    logger.warning("stopping after the first failure (fail_fast); %d item(s) not run", summary.not_run)
-                    break
+            with remembered_interrupts() as interrupted:
+                for lo in range(0, len(todo), step):
+                    chunk = todo[lo:lo + step]
+                    t0 = time.perf_counter()
+                    try:
+                        outcomes = batch.engine.generate_requests([i.request for i in chunk], return_exceptions=True)
+                    except Exception as exc:  # noqa: BLE001 - the whole chunk failed (e.g. the pool died)
+                        logger.warning("generation of %d item(s) failed: %s", len(chunk), exc)
+                        outcomes = [exc] * len(chunk)
+                    share = (time.perf_counter() - t0) / len(chunk)
+                    stop = False
+                    for item, outcome in zip(chunk, outcomes):
+                        record, seconds = _finish(item, outcome, batch, share)
+                        manifest.append(record)
+                        summary.not_run -= 1
+                        if seconds is None:
+                            summary.failed += 1
+                            summary.failures.append((item.key, record["error"]))
+                            logger.warning("%s (%s) failed: %s", item.key, item.origin, record["error"])
+                            stop = stop or fail_fast
+                        else:
+                            summary.done += 1
+                            summary.seconds.append(seconds)
+                        bar.update(1)
+                        bar.set_postfix(failed=summary.failed, refresh=False)
+                    if interrupted():  # a Ctrl-C whose KeyboardInterrupt a finaliser swallowed
+                        raise KeyboardInterrupt
+                    if stop:
+                        logger.warning("stopping after the first failure (fail_fast); %d item(s) not run",
+                                       summary.not_run)
+                        break
         except KeyboardInterrupt:
             summary.interrupted = True
             summary.wall_s = time.perf_counter() - start
