@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -52,3 +57,14 @@ def kernel_test_models(latte_norm_affine: bool = False) -> dict[str, tuple[torch
     latte_inputs = {"hidden_states": torch.randn(2, 4, 4, 8, 8, generator=g), "timestep": torch.tensor([999, 37]),
                     "encoder_hidden_states": torch.randn(2, 5, 16, generator=g)}
     return {"stdit3": (stdit3, stdit3_inputs), "latte": (latte, latte_inputs)}
+
+
+def run_in_interpreter(script: str) -> dict[str, float]:
+    """Run ``tests/<script>`` in a child process under Triton's CPU interpreter; the JSON object it prints."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(
+        p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
+    done = subprocess.run([sys.executable, str(root / "tests" / script)], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -287,9 +287,9 @@ def test_prompt_files_with_overrides(tiny_latte_dir, tmp_path):
 def test_engine_options_reach_the_engine(tiny_latte_dir, tmp_path):
     config = make_config(tiny_latte_dir, tmp_path / "out", ["a cat"],
                          model={"weights": str(tiny_latte_dir), "device": "cpu", "compile": True,
-                                "offload_text_encoder": True, "fused_kernels": False})
+                                "offload_text_encoder": True, "fused_kernels": False, "float8": True})
     spec = prepare_batch(write_yaml(tmp_path / "opts.yaml", config)).engine.pipeline_spec()
-    assert spec.compile and spec.offload_text_encoder and not spec.fused_kernels
+    assert spec.compile and spec.offload_text_encoder and not spec.fused_kernels and spec.float8
 
 
 def test_dotted_overrides_parse():
@@ -347,7 +347,7 @@ def test_cli_lists_all_errors_with_exit_code_2(tiny_latte_dir, tmp_path, capsys)
     assert err == [
         f"videosys: error: batch config in {tmp_path / 'bad.yaml'}: 6 errors",
         ("  model.colour: unknown key (allowed: name, weights, device, dtype, compile, offload_text_encoder, "
-         "fused_kernels)"),
+         "fused_kernels, float8)"),
         "  prompts[1]: 42 not allowed (allowed: a prompt string, or a mapping with a prompt and overrides)",
         ("  p.csv:1: unknown column(s) 'colour' (allowed: prompt, name, seed, frames, height, width, resolution, "
          "aspect, negative_prompt, steps, guidance, fps, pab, videos)"),

@@ -6,15 +6,12 @@ torch path; the switches that turn them off."""
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
+from support import run_in_interpreter
 
 from videosys.kernels import (
     MAX_FRAMES,
@@ -119,16 +116,6 @@ def test_use_fused_kernels_switches_every_module_to_the_torch_path(monkeypatch: 
     with pytest.raises(AssertionError, match="the kernel ran"):
         model(torch.randn(2, 4, 3, 4, 4, generator=g), torch.tensor([977.3, 40.0]),
               torch.randn(2, 5, 32, generator=g), torch.ones(2, 5, dtype=torch.bool))
-
-
-def run_in_interpreter(script: str) -> dict[str, float]:
-    """Run ``tests/<script>`` in a child process under Triton's CPU interpreter; the JSON object it prints."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / script)], env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
@@ -261,12 +248,14 @@ def test_engine_switch_reaches_the_loaded_denoiser(model: str, request: pytest.F
 
 
 @pytest.mark.parametrize("command", [["generate", "x"], ["bench"]])
-def test_cli_no_fused_kernels(command: list[str]) -> None:
+def test_cli_no_fused_kernels_and_float8(command: list[str]) -> None:
     from videosys.cli import build_parser
 
     parser = build_parser()
     assert parser.parse_args(command).fused_kernels is True
     assert parser.parse_args([*command, "--no-fused-kernels"]).fused_kernels is False
+    assert parser.parse_args(command).float8 is False
+    assert parser.parse_args([*command, "--float8"]).float8 is True
 
 
 @pytest.mark.parametrize("bias", [True, False])

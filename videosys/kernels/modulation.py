@@ -9,6 +9,8 @@ seventh session: the gate multiply took 115 us per Latte block). Here:
 
 * :func:`layer_norm_modulate`: the layer norm and the modulation in one kernel, reading ``x`` once and
   writing the modulated tokens once (the torch path writes and reads the normalised tokens in between);
+  :func:`layer_norm_modulate_float8` writes them as e4m3 rows with their scales
+  (:mod:`videosys.kernels.float8`);
 * :func:`apply_gate`: ``y * gate``, or ``residual + y * gate``, in one kernel; :func:`apply_gate_and_add`
   writes both ``residual + y * gate`` and ``y * gate`` (STDiT3, where PAB keeps the gated product).
 
@@ -36,12 +38,14 @@ from videosys.kernels.common import (
     next_power_of_2,
     triton_available,
 )
+from videosys.kernels.float8 import FLOAT8_DTYPE, MIN_AMAX, Float8Rows
 
 __all__ = [
     "apply_gate",
     "apply_gate_and_add",
     "apply_gate_reference",
     "layer_norm_modulate",
+    "layer_norm_modulate_float8",
     "layer_norm_modulate_reference",
     "modulation_kernels_apply",
 ]
@@ -145,20 +149,50 @@ def layer_norm_modulate(
     ``None``; ``rows_per_program`` (a power of two) / ``num_warps``: launch tuning. Only for inputs
     :func:`modulation_kernels_apply` accepts (the Triton interpreter also runs it on CPU tensors, for
     tests)."""
+    out = torch.empty_like(x)
+    _launch_norm(x, out, None, shift, scale, eps, weight, bias, rows_per_program, num_warps)
+    return out
+
+
+@torch.compiler.disable
+def layer_norm_modulate_float8(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    *,
+    rows_per_program: int = NORM_ROWS_PER_PROGRAM,
+    num_warps: int = NORM_NUM_WARPS,
+) -> Float8Rows:
+    """:func:`layer_norm_modulate`, its rows (rounded to ``x``'s dtype as that returns them) written as e4m3
+    with one scale per row (:func:`videosys.kernels.float8.quantize_rows_reference` of its output), for a
+    float8 linear to read."""
+    values = torch.empty(x.shape, dtype=FLOAT8_DTYPE, device=x.device)
+    row_scale = torch.empty(x.numel() // x.shape[-1] if x.shape[-1] else 0, 1, dtype=torch.float32,
+                            device=x.device)
+    _launch_norm(x, values, row_scale, shift, scale, eps, weight, bias, rows_per_program, num_warps)
+    return Float8Rows(values, row_scale, x.dtype)
+
+
+def _launch_norm(x: torch.Tensor, out: torch.Tensor, row_scale: torch.Tensor | None, shift: torch.Tensor,
+                 scale: torch.Tensor, eps: float, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                 rows_per_program: int, num_warps: int) -> None:
     rows, c, per_group = _group_rows(x, shift, scale)
     _check_contiguous(x=x)
     if (weight is None) != (bias is None):
         raise ValueError("the layer norm's weight and bias come together (both or neither)")
-    out = torch.empty_like(x)
     if rows == 0:
-        return out
+        return
     affine = weight is not None
     _kernels().layer_norm_modulate_kernel[(cdiv(rows, rows_per_program),)](
         x, out, shift, scale, weight if affine else x, bias if affine else x,
-        rows, c, per_group, _mod_stride(shift), _mod_stride(scale), eps,
-        AFFINE=affine, BLOCK_M=rows_per_program, BLOCK_C=next_power_of_2(c), num_warps=num_warps,
+        x if row_scale is None else row_scale,
+        rows, c, per_group, _mod_stride(shift), _mod_stride(scale), eps, MIN_AMAX,
+        AFFINE=affine, FLOAT8=row_scale is not None, BLOCK_M=rows_per_program, BLOCK_C=next_power_of_2(c),
+        num_warps=num_warps,
     )
-    return out
 
 
 @torch.compiler.disable

@@ -10,6 +10,8 @@ rounded to the output dtype where the torch path rounds them, so the results equ
 import triton
 import triton.language as tl
 
+from videosys.kernels.float8_triton import store_float8_rows
+
 __all__ = ["gate_kernel", "layer_norm_modulate_kernel"]
 
 
@@ -21,14 +23,15 @@ def _round(x, dtype: tl.constexpr):
 
 @triton.jit
 def layer_norm_modulate_kernel(
-    x_ptr, out_ptr, shift_ptr, scale_ptr, w_ptr, b_ptr,
-    rows, C, rows_per_group, shift_stride, scale_stride, eps,
-    AFFINE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    x_ptr, out_ptr, shift_ptr, scale_ptr, w_ptr, b_ptr, row_scale_ptr,
+    rows, C, rows_per_group, shift_stride, scale_stride, eps, min_amax,
+    AFFINE: tl.constexpr, FLOAT8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """``BLOCK_M`` whole rows per program (``BLOCK_C >= C``): the layer norm in float32, rounded (as
     ``nn.LayerNorm`` returns it), then ``h * (1 + scale) + shift`` with ``1 + scale`` rounded (as the
-    torch path forms it) and one rounding at the end (as ``torch.addcmul``)."""
-    dtype = out_ptr.dtype.element_ty
+    torch path forms it) and one rounding at the end (as ``torch.addcmul``). With ``FLOAT8`` the rounded
+    rows are stored as e4m3 with one scale per row at ``row_scale_ptr`` (``store_float8_rows``)."""
+    dtype = x_ptr.dtype.element_ty
     r = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     c = tl.arange(0, BLOCK_C)
     cmask = c < C
@@ -48,7 +51,10 @@ def layer_norm_modulate_kernel(
     shift = tl.load(shift_ptr + group * shift_stride + c[None, :], mask=mask, other=0.0).to(tl.float32)
     scale = tl.load(scale_ptr + group * scale_stride + c[None, :], mask=mask, other=0.0).to(tl.float32)
     out = h * _round(1.0 + scale, dtype) + shift
-    tl.store(out_ptr + offs, out.to(dtype), mask=mask)
+    if FLOAT8:
+        store_float8_rows(_round(out, dtype), mask, r, rows, offs, out_ptr, row_scale_ptr, min_amax)
+    else:
+        tl.store(out_ptr + offs, out.to(dtype), mask=mask)
 
 
 @triton.jit

@@ -38,6 +38,8 @@ class Pipeline(ABC):
     compile_denoiser: bool = False
     #: whether the denoiser may use fused Triton kernels where they apply (:meth:`disable_fused_kernels`)
     fused_kernels: bool = True
+    #: whether the denoiser's blocks run float8 linears where they apply (:meth:`enable_float8`)
+    float8: bool = False
     #: the text encoder's host copies while it is offloaded (:meth:`enable_text_encoder_offload`)
     text_encoder_visits: DeviceVisits | None = None
     parallel: ParallelState
@@ -59,11 +61,26 @@ class Pipeline(ABC):
         transformer: when an option is switched and after another transformer loads."""
         from videosys.kernels import use_fused_kernels
         from videosys.models.compile import compile_pieces
+        from videosys.models.layers.float8 import use_float8
 
         if not self.fused_kernels:
             use_fused_kernels(self.transformer, False)
+        if self.float8:
+            if not use_float8(self.transformer):
+                logger.warning("float8: %s has no blocks that run float8 linears; it runs unchanged",
+                               type(self.transformer).__name__)
+            if self.compile_denoiser or not self.fused_kernels:
+                logger.warning("float8 linears run only in eager mode with the fused kernels on: compiled or "
+                               "torch-path blocks keep their bf16 / fp16 linears")
         if self.compile_denoiser:
             compile_pieces(self.transformer)
+
+    def enable_float8(self) -> None:
+        """Run the denoiser's block linears that read the norm + modulation (and the MLP's second linear)
+        in float8 e4m3 from now on, where that applies (:mod:`videosys.kernels.float8`: eager CUDA on a GPU
+        of compute capability 8.9+; changes the numbers by a few percent per linear)."""
+        self.float8 = True
+        self.apply_denoiser_options()
 
     def enable_compile(self) -> None:
         """Run the denoiser's broadcastable block pieces through ``torch.compile`` from now on (a transformer

@@ -34,6 +34,7 @@ class PipelineSpec:
     compile: bool = False  # torch.compile the denoiser's block pieces (videosys.models.compile)
     offload_text_encoder: bool = False  # text encoder in host memory between requests (videosys.models.offload)
     fused_kernels: bool = True  # fused Triton kernels where they apply (videosys.kernels)
+    float8: bool = False  # float8 block linears where they apply (videosys.kernels.float8)
 
     def device_for(self, local_rank: int = 0) -> torch.device:
         device = torch.device(self.device)
@@ -55,6 +56,8 @@ class PipelineSpec:
         pipeline = cls.load(checkpoint, self.config, device, self.dtype, parallel=parallel)
         if not self.fused_kernels:
             pipeline.disable_fused_kernels()
+        if self.float8:
+            pipeline.enable_float8()
         if self.compile:
             pipeline.enable_compile()
         if self.offload_text_encoder:

@@ -18,6 +18,9 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from videosys.kernels import fused_temporal_attention, fused_temporal_attention_applies
+from videosys.kernels.float8 import Float8Rows
+
+from .float8 import linear, stacked_linear
 
 logger = logging.getLogger(__name__)
 
@@ -185,9 +188,9 @@ class Attention(nn.Module):
         ):
             return self.short_self_attention(hidden_states)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        q = self._split_heads(self.to_q(hidden_states))
-        k = self._split_heads(self.to_k(context))
-        v = self._split_heads(self.to_v(context))
+        q = self._split_heads(linear(self.to_q, hidden_states))
+        k = self._split_heads(linear(self.to_k, context))
+        v = self._split_heads(linear(self.to_v, context))
         mask = None
         if attention_mask is not None:
             if attention_mask.ndim != 2 or attention_mask.shape != (context.shape[0], context.shape[1]):
@@ -207,7 +210,7 @@ class Attention(nn.Module):
         "frames" (:meth:`_fused_over_frames`). The same function as :meth:`forward` without a mask, within
         the dtype's rounding."""
         b, s, c = hidden_states.shape
-        return self._fused_over_frames(hidden_states.view(b, s, 1, c)).view(b, s, -1)
+        return self._fused_over_frames(hidden_states.reshape(b, s, 1, c)).view(b, s, -1)
 
     def over_frames(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Self-attention along the frame axis of frame-major tokens ``[B, T, S, query_dim]`` (each of the
@@ -217,13 +220,13 @@ class Attention(nn.Module):
         b, t, s, c = hidden_states.shape
         if self.fused_kernel and fused_temporal_attention_applies(hidden_states, t, self.dim_head, self.parameters()):
             return self._fused_over_frames(hidden_states)
+        if isinstance(hidden_states, Float8Rows):  # regrouped below: float8 rows are for the fused path only
+            hidden_states = hidden_states.dequantize()
         out = self(hidden_states.transpose(1, 2).reshape(b * s, t, c))
         return out.view(b, s, t, -1).transpose(1, 2)
 
     def _fused_over_frames(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """``[B, T, S, query_dim]`` -> ``[B, T, S, query_dim]``: one GEMM for q, k and v (the three weights side
         by side), the fused kernel over the ``T`` frames of each position, ``to_out``."""
-        weight = torch.cat((self.to_q.weight, self.to_k.weight, self.to_v.weight))
-        biases = (self.to_q.bias, self.to_k.bias, self.to_v.bias)
-        bias = None if biases[0] is None else torch.cat(biases)  # type: ignore[arg-type]
-        return self.to_out[0](fused_temporal_attention(F.linear(hidden_states, weight, bias), self.heads))
+        qkv = stacked_linear((self.to_q, self.to_k, self.to_v), hidden_states)
+        return self.to_out[0](fused_temporal_attention(qkv, self.heads))

@@ -29,11 +29,13 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from videosys.kernels.float8 import Float8Rows
 from videosys.pab import PABRun, run_module
 from videosys.parallel import ParallelState, comm
 
 from .activations import linear_gelu_tanh
 from .attention import Attention
+from .float8 import mlp_gelu_tanh
 from .norms import gated, norm_modulate
 
 logger = logging.getLogger(__name__)
@@ -64,10 +66,8 @@ class FeedForward(nn.Module):
         inner = dim * mult
         self.net = nn.ModuleList([GELUProjection(dim, inner, bias=bias), nn.Identity(), nn.Linear(inner, dim, bias=bias)])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.net:
-            x = layer(x)
-        return x
+    def forward(self, x: torch.Tensor | Float8Rows) -> torch.Tensor:
+        return mlp_gelu_tanh(x, self.net[0].proj, self.net[2])
 
 
 def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -155,6 +155,12 @@ class LatteBlock(nn.Module):
         #: norm + modulation and gate (+ residual) as one kernel each where they apply (eager CUDA, Triton,
         #: fp16 / bf16); ``False`` keeps the torch path (:func:`videosys.kernels.use_fused_kernels`)
         self.fused_kernel = True
+        #: float8 linears where they apply (opt-in: :func:`videosys.models.layers.float8.use_float8`)
+        self.float8 = False
+
+    def float8_linears(self) -> list[nn.Linear]:
+        """The linears that read float8 rows when :attr:`float8` is on (attn1's q, k, v and the MLP's)."""
+        return [self.attn1.to_q, self.attn1.to_k, self.attn1.to_v, self.ff.net[0].proj, self.ff.net[2]]
 
     # -- the three broadcastable pieces ------------------------------------------------------------
     def self_attention(
@@ -171,10 +177,12 @@ class LatteBlock(nn.Module):
         the output has ``x``'s local layout. With ``frames`` (a temporal block on frame-major tokens: ``x``
         is ``[videos * frames, S, C]``) each of the ``S`` positions attends over its frames
         (:meth:`Attention.over_frames`); the output keeps that layout."""
-        h = norm_modulate(self.norm1, x, shift, scale, fused=self.fused_kernel)
+        # float8 rows do not travel through the sequence-parallel all-to-alls
+        h = norm_modulate(self.norm1, x, shift, scale, fused=self.fused_kernel,
+                          float8=self.float8 and frame_shards is None)
         if frames is not None:
             n, s, c = h.shape
-            return self.attn1.over_frames(h.view(n // frames, frames, s, c)).reshape(n, s, c)
+            return self.attn1.over_frames(h.reshape(n // frames, frames, s, c)).reshape(n, s, c)
         if frame_shards is None:
             return self.attn1(h)
         return frame_shards.to_local_frames(self.attn1(frame_shards.to_all_frames(h)))
@@ -192,7 +200,7 @@ class LatteBlock(nn.Module):
 
     def mlp(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """norm2 -> modulate -> feed-forward, before the gate."""
-        return self.ff(norm_modulate(self.norm2, x, shift, scale, fused=self.fused_kernel))
+        return self.ff(norm_modulate(self.norm2, x, shift, scale, fused=self.fused_kernel, float8=self.float8))
 
     # -- forward -------------------------------------------------------------------------------------
     def forward(

@@ -11,11 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from videosys.kernels.float8 import Float8Rows, float8_applies
 from videosys.kernels.modulation import (
     apply_gate,
     apply_gate_and_add,
     apply_gate_reference,
     layer_norm_modulate,
+    layer_norm_modulate_float8,
     layer_norm_modulate_reference,
     modulation_kernels_apply,
 )
@@ -31,11 +33,18 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 def norm_modulate(
-    norm: nn.LayerNorm, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, *, fused: bool = True
-) -> torch.Tensor:
+    norm: nn.LayerNorm,
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    fused: bool = True,
+    float8: bool = False,
+) -> torch.Tensor | Float8Rows:
     """``modulate(norm(x), shift, scale)`` with ``shift`` / ``scale`` ``[G, 1, C]`` one row per group of
     ``x``'s rows; one kernel where :func:`videosys.kernels.modulation.modulation_kernels_apply` and
-    ``fused``."""
+    ``fused``. With ``float8`` (and where :func:`videosys.kernels.float8.float8_applies`) that kernel
+    returns the rows as :class:`~videosys.kernels.float8.Float8Rows` for float8 linears."""
     if tuple(norm.normalized_shape) != (x.shape[-1],):
         raise ValueError(f"norm_modulate needs a layer norm over the last dimension ({x.shape[-1]}), got "
                          f"normalized_shape {tuple(norm.normalized_shape)}")
@@ -46,6 +55,8 @@ def norm_modulate(
         and (norm.weight is None) == (norm.bias is None)  # the kernel takes both affine terms or neither
         and modulation_kernels_apply(x, shift, scale, norm.weight, norm.bias)
     ):
+        if float8 and float8_applies(x):
+            return layer_norm_modulate_float8(x, shift, scale, norm.eps, norm.weight, norm.bias)
         return layer_norm_modulate(x, shift, scale, norm.eps, norm.weight, norm.bias)
     return layer_norm_modulate_reference(x, shift, scale, norm.eps, norm.weight, norm.bias)
 

@@ -64,11 +64,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from videosys.kernels import fused_temporal_attention, fused_temporal_attention_applies
+from videosys.kernels.float8 import Float8Rows
 from videosys.pab import PABRun, run_module, run_residual
 from videosys.parallel import ParallelState, comm
 
 from ..config_values import is_int, is_number
-from ..layers.activations import linear_gelu_tanh
+from ..layers.float8 import linear, mlp_gelu_tanh
 from ..layers.attention import scaled_dot_product
 from ..layers.embeddings import timestep_sinusoids
 from ..layers.norms import RMSNorm, gated_add, modulate, norm_modulate
@@ -268,8 +269,8 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(in_features, hidden_features)
         self.fc2 = nn.Linear(hidden_features, in_features if out_features is None else out_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(linear_gelu_tanh(x, self.fc1))
+    def forward(self, x: torch.Tensor | Float8Rows) -> torch.Tensor:
+        return mlp_gelu_tanh(x, self.fc1, self.fc2)
 
 
 class SinusoidEmbedder(nn.Module):
@@ -317,18 +318,18 @@ class SelfAttention(nn.Module):
         self.k_norm: nn.Module = RMSNorm(self.head_dim, eps=NORM_EPS) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def _project(self, x: torch.Tensor, part: int) -> torch.Tensor:
+    def _project(self, x: torch.Tensor | Float8Rows, part: int) -> torch.Tensor:
         """Part ``part`` (0 q, 1 k, 2 v) of the ``qkv`` projection as a contiguous ``[N, L, heads, head_dim]``:
         its rows of the weight (a view, no copy) in one GEMM."""
         c = self.num_heads * self.head_dim
-        rows = slice(part * c, (part + 1) * c)
-        bias = None if self.qkv.bias is None else self.qkv.bias[rows]
-        return F.linear(x, self.qkv.weight[rows], bias).view(*x.shape[:2], self.num_heads, self.head_dim)
+        out = linear(self.qkv, x, slice(part * c, (part + 1) * c))
+        return out.view(*x.shape[:2], self.num_heads, self.head_dim)
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self, x: torch.Tensor | Float8Rows, rope: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        """``x`` ``[N, L, C]`` -> ``[N, L, C]``; ``rope``: float32 ``(cos, sin)`` ``[L, head_dim]`` or ``None``."""
+        """``x`` ``[N, L, C]`` (or its float8 rows) -> ``[N, L, C]``; ``rope``: float32 ``(cos, sin)``
+        ``[L, head_dim]`` or ``None``."""
         n, length, c = x.shape
         v = self._project(x, 2).transpose(1, 2)  # [N, heads, L, head_dim]
         if length == 1:
@@ -345,14 +346,16 @@ class SelfAttention(nn.Module):
         out = out.transpose(1, 2).reshape(n, length, c)
         return self.proj(out)
 
-    def over_frames(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def over_frames(
+        self, x: torch.Tensor | Float8Rows, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """``forward`` along the frame axis of frame-major ``x`` ``[B, T, S, C]`` (attention over ``T`` for
         each of the ``S`` positions) -> ``[B, T, S, C]``, without regrouping the tokens: the ``qkv`` GEMM,
         then qk-norm, RoPE and the attention in one kernel (:func:`videosys.kernels.fused_temporal_attention`;
         only where :func:`videosys.kernels.fused_temporal_attention_applies`), then ``proj``."""
         q_weight = self.q_norm.weight if isinstance(self.q_norm, RMSNorm) else None
         k_weight = self.k_norm.weight if isinstance(self.k_norm, RMSNorm) else None
-        out = fused_temporal_attention(self.qkv(x), self.num_heads, q_weight, k_weight, rope, NORM_EPS)
+        out = fused_temporal_attention(linear(self.qkv, x), self.num_heads, q_weight, k_weight, rope, NORM_EPS)
         return self.proj(out)
 
 
@@ -403,6 +406,12 @@ class STDiT3Block(nn.Module):
         #: temporal blocks: attention over frames in one fused kernel where it applies (CUDA, Triton, fp16 /
         #: bf16, at most 64 frames); ``False`` keeps the torch path (:func:`videosys.kernels.use_fused_kernels`)
         self.fused_kernel = True
+        #: float8 linears where they apply (opt-in: :func:`videosys.models.layers.float8.use_float8`)
+        self.float8 = False
+
+    def float8_linears(self) -> list[nn.Linear]:
+        """The linears that read float8 rows when :attr:`float8` is on (the ``qkv`` and MLP linears)."""
+        return [self.attn.qkv, self.mlp.fc1, self.mlp.fc2]
 
     # -- the broadcastable pieces (each returns what PAB keeps) -------------------------------------------
     def spatial_attention(
@@ -432,6 +441,8 @@ class STDiT3Block(nn.Module):
         attn = self.attn
         if self.fused_kernel and fused_temporal_attention_applies(h, frames, attn.head_dim, attn.parameters()):
             return attn.over_frames(h.reshape(b, frames, tokens, c), rope).reshape(b, n, c)
+        if isinstance(h, Float8Rows):  # regrouped below: the float8 rows are for the frame-major path only
+            h = h.dequantize()
         h = h.reshape(b, frames, tokens, c).transpose(1, 2).reshape(b * tokens, frames, c)
         h = attn(h, rope=rope)
         return h.reshape(b, tokens, frames, c).transpose(1, 2).reshape(b, n, c)
@@ -452,7 +463,9 @@ class STDiT3Block(nn.Module):
         """``(x + out, out)`` with ``out = gate * attn(modulate(norm1(x)))`` (``None`` unless
         ``keep_output``): everything the self-attention costs, the spatial one's sequence-parallel
         all-to-alls included, and the residual add in the gate's pass (``out`` is what PAB keeps)."""
-        h = norm_modulate(self.norm1, x, shift, scale, fused=self.fused_kernel)
+        # float8 rows do not travel through the spatial attention's all-to-alls
+        float8 = self.float8 and (self.temporal or not _sp_state(parallel).sp_enabled)
+        h = norm_modulate(self.norm1, x, shift, scale, fused=self.fused_kernel, float8=float8)
         if self.temporal:
             h = self.temporal_attention(h, frames, rope)
         else:
@@ -469,7 +482,7 @@ class STDiT3Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(x + out, out)`` with ``out = gate * mlp(modulate(norm2(x)))`` (``None`` unless
         ``keep_output``; ``out`` is what PAB keeps)."""
-        h = norm_modulate(self.norm2, x, shift, scale, fused=self.fused_kernel)
+        h = norm_modulate(self.norm2, x, shift, scale, fused=self.fused_kernel, float8=self.float8)
         return gated_add(self.mlp(h), gate, x, keep_product=keep_output, fused=self.fused_kernel)
 
     def forward(
