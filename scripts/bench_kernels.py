@@ -12,7 +12,8 @@ compiled denoiser call could still save time (docs/benchmarks.md, fifth session)
 * the blocks' layer norm + adaLN modulation and gate (+ residual) at Open-Sora's (bf16) and Latte's (fp16)
   token shapes: the torch path against the Triton kernels of :mod:`videosys.kernels.modulation`;
 * each linear of a block (``qkv``, ``proj``, ``fc1``, ``fc2``) in bf16 against float8 e4m3 with a scale per
-  token and per output channel (``torch._scaled_mm``), and what quantizing the activations costs.
+  token and per output channel (``torch._scaled_mm``), and what quantizing the activations costs; a block's
+  norm + MLP and norm + ``qkv`` in bf16 and in float8 as ``--float8`` runs them (:mod:`videosys.kernels.float8`).
 
     python scripts/bench_kernels.py [--repeats 20]
 """
@@ -29,14 +30,23 @@ import torch.nn.functional as F
 
 from videosys.bench.timing import cuda_event_median_ms
 from videosys.kernels import fused_temporal_attention, temporal_attention_reference
+from videosys.kernels.float8 import (
+    Float8Weight,
+    float8_linear,
+    quantize_rows,
+    quantize_rows_reference,
+)
 from videosys.kernels.modulation import (
     apply_gate,
+    apply_gate_and_add,
     apply_gate_reference,
     layer_norm_modulate,
+    layer_norm_modulate_float8,
     layer_norm_modulate_reference,
 )
 from videosys.kernels.rms_norm import rms_norm_rows
 from videosys.models.layers.attention import Attention
+from videosys.models.layers.float8 import linear, mlp_gelu_tanh
 from videosys.models.layers.rope import RotaryEmbedding
 from videosys.models.opensora.stdit3 import STDiT3Block
 
@@ -47,7 +57,6 @@ NORM_SHAPES = {"spatial [B*T, S, heads, 72]": (28, 1590, 16, 72), "temporal [B*S
 MLP_TOKENS, HIDDEN, MLP_HIDDEN = 2 * 14 * 1590, 1152, 4608
 LINEARS = {"qkv": (HIDDEN, 3 * HIDDEN), "proj": (HIDDEN, HIDDEN), "fc1": (HIDDEN, MLP_HIDDEN),
            "fc2": (MLP_HIDDEN, HIDDEN)}
-FP8_MAX = 448.0
 
 
 def rms_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -65,29 +74,59 @@ def rms_vector_norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return x * ms.add_(EPS).rsqrt_().to(x.dtype) * w
 
 
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float8 e4m3 rows and their float32 scales ``[rows, 1]`` (amax / 448 per row)."""
-    scale = x.abs().amax(-1, keepdim=True).float().clamp_(min=1e-12) / FP8_MAX
-    return (x / scale).to(torch.float8_e4m3fn), scale
-
-
 def bench_fp8(tokens: int, device: str, dtype: torch.dtype, repeats: int, cuda: bool) -> None:
-    """Each block linear in bf16 and as a row-scaled float8 GEMM (weights quantized once, activations per
-    call: the quantize is timed on its own, eager and compiled)."""
-    quantize = torch.compile(quantize_rows) if cuda else quantize_rows
+    """Each block linear in bf16 and as a row-scaled float8 GEMM (:func:`videosys.kernels.float8.float8_linear`,
+    weights quantized once), quantizing its input on its own (the torch definition, eager and compiled;
+    the Triton kernel); then the MLP and the norm + ``qkv`` as the blocks run them, bf16 against float8
+    with the quantize in the kernels that make the activations (:mod:`videosys.kernels.float8`)."""
+    quantize = torch.compile(quantize_rows_reference) if cuda else quantize_rows_reference
+    layers = {}
     for name, (k, n) in LINEARS.items():
         x = torch.randn(tokens, k, device=device, dtype=dtype)
-        w = torch.randn(n, k, device=device, dtype=dtype) * k**-0.5
-        b = torch.randn(n, device=device, dtype=dtype) * 0.1
-        want = F.linear(x.float(), w.float(), b.float())
-        qw, sw = quantize_rows(w)
-        qx, sx = quantize_rows(x)
+        layer = torch.nn.Linear(k, n, device=device, dtype=dtype)
+        layers[name] = layer
+        weight = Float8Weight.from_linear(layer)
+        want = F.linear(x.float(), layer.weight.float(), layer.bias.float())
+        rows = quantize_rows_reference(x)
         logger.info("%s [%d, %d] x [%d, %d]:", name, tokens, k, k, n)
-        timed("bf16 linear", functools.partial(F.linear, x, w, b), want, repeats, cuda)
-        timed("float8 GEMM (row scales)", functools.partial(
-            torch._scaled_mm, qx, qw.t(), scale_a=sx, scale_b=sw.t(), bias=b, out_dtype=dtype), want, repeats, cuda)
-        timed("quantize x (eager)", functools.partial(quantize_rows, x), None, repeats, cuda)
-        timed("quantize x (compiled)", functools.partial(quantize, x), None, repeats, cuda)
+        with torch.no_grad():
+            timed("bf16 linear", functools.partial(F.linear, x, layer.weight, layer.bias), want, repeats, cuda)
+            timed("float8 GEMM (row scales)", functools.partial(float8_linear, rows, weight), want, repeats, cuda)
+            timed("quantize x (torch, eager)", functools.partial(quantize_rows_reference, x), None, repeats, cuda)
+            timed("quantize x (torch, compiled)", functools.partial(quantize, x), None, repeats, cuda)
+            if cuda:
+                timed("quantize x (kernel)", functools.partial(quantize_rows, x), None, repeats, cuda)
+                timed("GELU + quantize x (kernel)", functools.partial(quantize_rows, x, gelu=True), None, repeats,
+                      cuda)
+                if name in ("qkv", "fc2"):  # the two row widths: the launch sweep
+                    for rows, warps in ((1, 4), (1, 8), (1, 16), (2, 4), (2, 8), (4, 8)):
+                        timed(f"  {rows} rows/program, {warps} warps", functools.partial(
+                            quantize_rows, x, gelu=True, rows_per_program=rows, num_warps=warps), None, repeats, cuda)
+    if not cuda:
+        return
+    # a block's MLP and norm + qkv, as the blocks run them
+    for layer in layers.values():
+        layer.float8_weight = Float8Weight.from_linear(layer)
+    x = torch.randn(2, tokens // 2, HIDDEN, device=device, dtype=dtype)
+    shift, scale = (torch.randn(2, 6, HIDDEN, device=device, dtype=dtype) * 0.3).chunk(6, dim=1)[:2]
+    fc1, fc2, qkv = layers["fc1"], layers["fc2"], layers["qkv"]
+    with torch.no_grad():
+        h = layer_norm_modulate(x, shift, scale, EPS)
+        hidden = F.gelu(F.linear(h.float(), fc1.weight.float(), fc1.bias.float()), approximate="tanh")
+        want = F.linear(hidden, fc2.weight.float(), fc2.bias.float())
+        logger.info("a block's norm + MLP, tokens %s:", list(x.shape))
+        timed("bf16 (norm kernel, GELU epilogue)",
+              lambda: mlp_gelu_tanh(layer_norm_modulate(x, shift, scale, EPS), fc1, fc2), want, repeats, cuda)
+        timed("float8 (quantize in the kernels)",
+              lambda: mlp_gelu_tanh(layer_norm_modulate_float8(x, shift, scale, EPS), fc1, fc2), want, repeats, cuda)
+        for rows, warps in ((2, 4), (1, 4), (1, 8), (2, 8), (4, 8)):
+            timed(f"  norm + modulate -> float8 rows, {rows} rows/program, {warps} warps",
+                  lambda r=rows, w=warps: layer_norm_modulate_float8(
+                      x, shift, scale, EPS, rows_per_program=r, num_warps=w).values, None, repeats, cuda)
+        want = qkv(h)
+        logger.info("a block's norm + qkv, tokens %s:", list(x.shape))
+        timed("bf16", lambda: qkv(layer_norm_modulate(x, shift, scale, EPS)), want, repeats, cuda)
+        timed("float8", lambda: linear(qkv, layer_norm_modulate_float8(x, shift, scale, EPS)), want, repeats, cuda)
 
 
 def bench_temporal_attention(scale: float, device: str, dtype: torch.dtype, repeats: int, cuda: bool) -> None:
@@ -188,6 +227,8 @@ def bench_modulation(scale: float, device: str, repeats: int, cuda: bool) -> Non
         timed("gate alone, torch", functools.partial(apply_gate_reference, y, gate), None, repeats, cuda)
         if cuda:
             timed("gate + residual, kernel", functools.partial(apply_gate, y, gate, x), want_gate, repeats, cuda)
+            timed("gate + residual and gate, kernel", lambda y=y, gate=gate, x=x: apply_gate_and_add(y, gate, x)[0],
+                  want_gate, repeats, cuda)
             timed("gate alone, kernel", functools.partial(apply_gate, y, gate), None, repeats, cuda)
 
 
@@ -201,38 +242,59 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--scale", type=float, default=1.0, help="shrink the shapes (a CPU dry run: e.g. 0.01)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated sections to run (rms, gelu, temporal, short, modulation, float8; "
+                         "default all)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     if not cuda:
         logger.warning("no CUDA device: a dry run of the script on the CPU (no times)")
+    sections = {
+        "rms": lambda: bench_rms(args.scale, device, dtype, args.repeats, cuda),
+        "gelu": lambda: bench_gelu_epilogue(tokens, device, dtype, args.repeats, cuda),
+        "temporal": lambda: bench_temporal_attention(args.scale, device, dtype, args.repeats, cuda),
+        "short": lambda: bench_short_self_attention(args.scale, device, args.repeats, cuda),
+        "modulation": lambda: bench_modulation(args.scale, device, args.repeats, cuda),
+        "float8": lambda: bench_fp8(tokens, device, dtype, args.repeats, cuda),
+    }
+    chosen = list(sections) if args.only is None else [s for s in args.only.split(",") if s]
+    unknown = [s for s in chosen if s not in sections]
+    if unknown:
+        ap.error(f"--only: {', '.join(unknown)} not allowed (allowed: {', '.join(sections)})")
+    tokens = max(8, int(MLP_TOKENS * args.scale))
+    for name in chosen:
+        sections[name]()
+
+
+def bench_rms(scale: float, device: str, dtype: torch.dtype, repeats: int, cuda: bool) -> None:
+    """qk RMS norm over 72-channel rows: torch's forms against the Triton rows kernel."""
     compiled = torch.compile(rms_reference) if cuda else rms_reference
     for name, shape in NORM_SHAPES.items():
-        shape = (max(1, int(shape[0] * args.scale)), *shape[1:])
+        shape = (max(1, int(shape[0] * scale)), *shape[1:])
         x = torch.randn(shape, device=device, dtype=dtype)
         w = torch.rand(shape[-1], device=device, dtype=dtype) + 0.5
         want = rms_reference(x, w)
         logger.info("qk RMS norm, %s %s:", name, list(shape))
         for label, fn in (("reference (float32)", rms_reference), ("F.rms_norm", rms_fused),
                           ("vector_norm", rms_vector_norm), ("reference, torch.compile", compiled)):
-            timed(label, functools.partial(fn, x, w), want, args.repeats, cuda)
+            timed(label, functools.partial(fn, x, w), want, repeats, cuda)
         if cuda:
-            timed("Triton rows kernel", functools.partial(rms_norm_rows, x, w, EPS), want, args.repeats, cuda)
-    tokens = max(8, int(MLP_TOKENS * args.scale))
+            timed("Triton rows kernel", functools.partial(rms_norm_rows, x, w, EPS), want, repeats, cuda)
+
+
+def bench_gelu_epilogue(tokens: int, device: str, dtype: torch.dtype, repeats: int, cuda: bool) -> None:
+    """The MLP's first linear + tanh GELU: two ops, or one GEMM with cuBLASLt's GELU epilogue."""
     x = torch.randn(tokens, HIDDEN, device=device, dtype=dtype)
     w = torch.randn(MLP_HIDDEN, HIDDEN, device=device, dtype=dtype) * HIDDEN**-0.5
     b = torch.randn(MLP_HIDDEN, device=device, dtype=dtype) * 0.1
     want = F.gelu(F.linear(x.float(), w.float(), b.float()), approximate="tanh")
     logger.info("MLP fc1 + tanh GELU, [%d, %d] x [%d, %d]:", tokens, HIDDEN, HIDDEN, MLP_HIDDEN)
-    timed("linear, then GELU", lambda: F.gelu(F.linear(x, w, b), approximate="tanh"), want, args.repeats, cuda)
-    timed("linear alone", lambda: F.linear(x, w, b), None, args.repeats, cuda)
+    timed("linear, then GELU", lambda: F.gelu(F.linear(x, w, b), approximate="tanh"), want, repeats, cuda)
+    timed("linear alone", lambda: F.linear(x, w, b), None, repeats, cuda)
     timed("GELU epilogue (cuBLASLt)", lambda: torch._addmm_activation(b, x, w.t(), use_gelu=True), want,
-          args.repeats, cuda)
-    bench_temporal_attention(args.scale, device, dtype, args.repeats, cuda)
-    bench_short_self_attention(args.scale, device, args.repeats, cuda)
-    bench_modulation(args.scale, device, args.repeats, cuda)
-    bench_fp8(tokens, device, dtype, args.repeats, cuda)
+          repeats, cuda)
 
 
 if __name__ == "__main__":

@@ -101,13 +101,14 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=5, help="denoiser calls timed and profiled (--denoiser-only)")
     ap.add_argument("--no-fused", action="store_true",
                     help="keep the torch path where a fused kernel applies (videosys.kernels), for an A/B")
+    ap.add_argument("--float8", action="store_true", help="float8 block linears (videosys.kernels.float8)")
     ap.add_argument("--device", default="cuda", help="cuda (default), or cpu for a dry run of the script")
     ap.add_argument("--weights", default="random",
                     help="'random' (default: full size) or a checkpoint folder ('' the model's default weights)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     engine = VideoSysEngine(args.model, weights=args.weights or None, device=args.device, progress=False,
-                            compile=args.compile, fused_kernels=not args.no_fused)
+                            compile=args.compile, fused_kernels=not args.no_fused, float8=args.float8)
     if args.denoiser_only:
         profile_denoiser(engine, args.calls, args.top, args.trace)
         return
