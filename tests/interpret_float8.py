@@ -33,16 +33,18 @@ def e4m3_steps(got: Float8Rows, want: Float8Rows) -> float:
 def kernel_cases() -> dict[str, float]:
     g = torch.Generator().manual_seed(0)
     out: dict[str, float] = {}
-    for shape in ((3, 5, 40), (4, 3, 1152)):
+    for shape in ((3, 5, 40), (4, 3, 1152), (2, 2, 4608)):  # rows of two tiles: 32 + 8, 1024 + 128, 4096 + 512
         c = shape[-1]
         for dtype in (torch.float16, torch.bfloat16):
             x = (torch.randn(*shape, generator=g) * 3 + 1).to(dtype)
             x[0, 0] = 0  # an all-zero row
             for gelu in (False, True):
-                got, want = quantize_rows(x, gelu=gelu), quantize_rows_reference(x, gelu=gelu)
-                key = f"quantize{'+gelu' if gelu else ''} {list(shape)} {str(dtype)[6:]}"
-                out[key] = e4m3_steps(got, want)
-                out[key + " scale"] = (got.scale / want.scale - 1).abs().max().item()
+                want = quantize_rows_reference(x, gelu=gelu)
+                for split in (False, True):
+                    got = quantize_rows(x, gelu=gelu, split_rows=split)
+                    key = f"quantize{'+gelu' if gelu else ''} {list(shape)} {str(dtype)[6:]}{' split' * split}"
+                    out[key] = e4m3_steps(got, want)
+                    out[key + " scale"] = (got.scale / want.scale - 1).abs().max().item()
             table = (torch.randn(3 if shape[0] == 3 else 4, 6, c, generator=g) * 0.5).to(dtype)
             shift, scale = table.chunk(6, dim=1)[:2]
             got = layer_norm_modulate_float8(x, shift, scale, 1e-6)

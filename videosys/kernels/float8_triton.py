@@ -1,11 +1,12 @@
 """The Triton code of :mod:`videosys.kernels.float8` (this module imports Triton; the kernels' modules
 import it on first use only): rows quantized to e4m3 with one float32 scale per row, optionally after a
-tanh GELU, and the store that the layer-norm + modulation kernel shares."""
+tanh GELU, and the pieces the layer-norm + modulation kernel shares (a row's absolute maximum, the
+quantized store)."""
 
 import triton
 import triton.language as tl
 
-__all__ = ["quantize_rows_kernel", "store_float8_rows"]
+__all__ = ["FP8_MAX", "quantize_rows_kernel", "row_amax", "store_quantized"]
 
 #: The largest finite float8 e4m3 (``torch.float8_e4m3fn``) value.
 FP8_MAX = tl.constexpr(448.0)
@@ -22,16 +23,15 @@ def _round_to_3_mantissa_bits(v):
 
 
 @triton.jit
-def store_float8_rows(v, mask, r, rows, offs, q_ptr, scale_ptr, min_amax):
-    """Store the float32 tile ``v`` (whole rows ``r``) as e4m3 at ``q_ptr + offs`` and each row's scale
-    ``max(|row|, min_amax) / 448`` at ``scale_ptr + r``: ``q * scale`` is the row. The values are multiplied
-    by ``448 / max(|row|, min_amax)`` (one IEEE division per row, none per value)."""
-    amax = tl.maximum(tl.max(tl.where(mask, tl.abs(v), 0.0), axis=1), min_amax)
-    s = amax / FP8_MAX
-    inv = FP8_MAX / amax
+def store_quantized(v, mask, offs, q_ptr, inv):
+    """``v * inv`` per row, rounded to e4m3 and stored (``inv``: each row's ``448 / amax``)."""
     q = tl.minimum(tl.maximum(_round_to_3_mantissa_bits(v * inv[:, None]), -FP8_MAX), FP8_MAX)
     tl.store(q_ptr + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
-    tl.store(scale_ptr + r, s, mask=r < rows)
+
+
+@triton.jit
+def row_amax(v, mask):
+    return tl.max(tl.where(mask, tl.abs(v), 0.0), axis=1)
 
 
 @triton.jit
@@ -43,18 +43,34 @@ def _gelu_tanh(x):
 
 
 @triton.jit
-def quantize_rows_kernel(
-    x_ptr, q_ptr, scale_ptr, rows, K, min_amax,
-    GELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """``BLOCK_M`` whole rows per program (``BLOCK_K >= K``); with ``GELU`` the rows go through a tanh GELU
-    first, rounded to ``x``'s dtype as the torch op returns it."""
-    dtype = x_ptr.dtype.element_ty
-    r = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    c = tl.arange(0, BLOCK_K)
-    mask = (r < rows)[:, None] & (c < K)[None, :]
+def _load_rows(x_ptr, r, c, rmask, K, GELU: tl.constexpr):
+    """The tile of rows ``r`` and columns ``c`` in float32 (through the GELU, rounded to ``x``'s dtype)."""
+    mask = rmask[:, None] & (c < K)[None, :]
     offs = r[:, None] * K + c[None, :]
     v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if GELU:
-        v = _gelu_tanh(v).to(dtype).to(tl.float32)
-    store_float8_rows(v, mask, r, rows, offs, q_ptr, scale_ptr, min_amax)
+        v = _gelu_tanh(v).to(x_ptr.dtype.element_ty).to(tl.float32)
+    return v, mask, offs
+
+
+@triton.jit
+def quantize_rows_kernel(
+    x_ptr, q_ptr, scale_ptr, rows, K, min_amax,
+    GELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_K_REST: tl.constexpr,
+):
+    """``BLOCK_M`` whole rows per program as two tiles, ``BLOCK_K`` columns and the ``BLOCK_K_REST`` after
+    them (``0``: none), so that rows whose width is not a power of two waste few lanes (4608 = 4096 + 512);
+    with ``GELU`` the rows go through a tanh GELU first, rounded to ``x``'s dtype as the torch op returns it."""
+    r = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    rmask = r < rows
+    v, mask, offs = _load_rows(x_ptr, r, tl.arange(0, BLOCK_K), rmask, K, GELU)
+    amax = row_amax(v, mask)
+    if BLOCK_K_REST > 0:
+        v2, mask2, offs2 = _load_rows(x_ptr, r, BLOCK_K + tl.arange(0, BLOCK_K_REST), rmask, K, GELU)
+        amax = tl.maximum(amax, row_amax(v2, mask2))
+    amax = tl.maximum(amax, min_amax)
+    tl.store(scale_ptr + r, amax / FP8_MAX, mask=rmask)
+    inv = FP8_MAX / amax
+    store_quantized(v, mask, offs, q_ptr, inv)
+    if BLOCK_K_REST > 0:
+        store_quantized(v2, mask2, offs2, q_ptr, inv)

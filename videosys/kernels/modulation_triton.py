@@ -10,7 +10,7 @@ rounded to the output dtype where the torch path rounds them, so the results equ
 import triton
 import triton.language as tl
 
-from videosys.kernels.float8_triton import store_float8_rows
+from videosys.kernels.float8_triton import FP8_MAX, row_amax, store_quantized
 
 __all__ = ["gate_kernel", "layer_norm_modulate_kernel"]
 
@@ -51,8 +51,12 @@ def layer_norm_modulate_kernel(
     shift = tl.load(shift_ptr + group * shift_stride + c[None, :], mask=mask, other=0.0).to(tl.float32)
     scale = tl.load(scale_ptr + group * scale_stride + c[None, :], mask=mask, other=0.0).to(tl.float32)
     out = h * _round(1.0 + scale, dtype) + shift
-    if FLOAT8:
-        store_float8_rows(_round(out, dtype), mask, r, rows, offs, out_ptr, row_scale_ptr, min_amax)
+    if FLOAT8:  # the rounded rows as e4m3, each with its scale (amax / 448)
+        out = _round(out, dtype)
+        amax = tl.maximum(row_amax(out, mask), min_amax)
+        tl.store(row_scale_ptr + r, amax / FP8_MAX, mask=r < rows)
+        inv = FP8_MAX / amax
+        store_quantized(out, mask, offs, out_ptr, inv)
     else:
         tl.store(out_ptr + offs, out.to(dtype), mask=mask)
 
