@@ -98,12 +98,11 @@ def bench_fp8(tokens: int, device: str, dtype: torch.dtype, repeats: int, cuda: 
                 timed("quantize x (kernel)", functools.partial(quantize_rows, x), None, repeats, cuda)
                 timed("GELU + quantize x (kernel)", functools.partial(quantize_rows, x, gelu=True), None, repeats,
                       cuda)
-                if name in ("qkv", "fc2"):  # the two row widths: the launch sweep (rows as one or two tiles)
-                    for split in (False, True):
-                        for rows, warps in ((1, 4), (1, 8), (1, 16), (2, 4), (2, 8), (4, 8)):
-                            timed(f"  {rows} rows/program, {warps} warps{', 2 tiles' * split}", functools.partial(
-                                quantize_rows, x, gelu=True, rows_per_program=rows, num_warps=warps,
-                                split_rows=split), None, repeats, cuda)
+                if name in ("qkv", "fc2"):  # the two row widths: the launch sweep
+                    for rows, warps in ((1, 4), (1, 8), (1, 16), (2, 4), (2, 8), (4, 8)):
+                        timed(f"  {rows} rows/program, {warps} warps", functools.partial(
+                            quantize_rows, x, gelu=True, rows_per_program=rows, num_warps=warps), None, repeats,
+                            cuda)
     if not cuda:
         return
     # a block's MLP and norm + qkv, as the blocks run them

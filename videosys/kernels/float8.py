@@ -166,11 +166,6 @@ def quantize_rows_reference(x: torch.Tensor, *, gelu: bool = False) -> Float8Row
     return Float8Rows(q.reshape(x.shape), amax / FLOAT8_MAX, x.dtype)
 
 
-#: whether :func:`quantize_rows` splits rows into two power-of-two tiles by default: at the MLP's 4608
-#: channels 0.39 against 0.58 ms per Open-Sora tensor on an H200 (docs/benchmarks.md, eighth session)
-QUANTIZE_SPLIT_ROWS = True
-
-
 def row_tiles(k: int) -> tuple[int, int]:
     """Two power-of-two tile widths that cover ``k`` columns: the largest power of two not above ``k``, and
     the power of two that covers the rest (``0`` when nothing is left): 4608 -> (4096, 512), 1152 ->
@@ -194,11 +189,12 @@ def _kernels() -> Any:
 
 @torch.compiler.disable
 def quantize_rows(x: torch.Tensor, *, gelu: bool = False, rows_per_program: int | None = None,
-                  num_warps: int | None = None, split_rows: bool = QUANTIZE_SPLIT_ROWS) -> Float8Rows:
+                  num_warps: int | None = None) -> Float8Rows:
     """Contiguous ``x`` ``[..., K]`` (fp16 / bf16) as :class:`Float8Rows` in one Triton pass; with ``gelu``
     the rows go through a tanh GELU first (the MLP's activation, then its second linear's input).
-    ``rows_per_program`` / ``num_warps``: launch tuning (default: :func:`quantize_launch`); ``split_rows``:
-    each row as two power-of-two tiles (:func:`row_tiles`) instead of one padded to a power of two."""
+    Each row is read as two power-of-two tiles (:func:`row_tiles`: at the MLP's 4608 channels 0.39 ms per
+    Open-Sora tensor on an H200 against 0.58 as one tile of 8192 lanes; docs/benchmarks.md, eighth
+    session). ``rows_per_program`` / ``num_warps``: launch tuning (default: :func:`quantize_launch`)."""
     if not x.is_contiguous():
         raise ValueError("x must be contiguous")
     k = x.shape[-1]
@@ -208,7 +204,7 @@ def quantize_rows(x: torch.Tensor, *, gelu: bool = False, rows_per_program: int 
     if rows:
         default_rows, default_warps = quantize_launch(k)
         block_m = rows_per_program or default_rows
-        block_k, rest = row_tiles(k) if split_rows else (next_power_of_2(k), 0)
+        block_k, rest = row_tiles(k)
         _kernels().quantize_rows_kernel[(cdiv(rows, block_m),)](
             x, values, scale, rows, k, MIN_AMAX, GELU=gelu, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_K_REST=rest,
             num_warps=num_warps or default_warps,

@@ -44,7 +44,8 @@ def _gelu_tanh(x):
 
 @triton.jit
 def _load_rows(x_ptr, r, c, rmask, K, GELU: tl.constexpr):
-    """The tile of rows ``r`` and columns ``c`` in float32 (through the GELU, rounded to ``x``'s dtype)."""
+    """The tile of rows ``r`` (from ``x_ptr``) and columns ``c`` in float32 (through the GELU, rounded to
+    ``x``'s dtype)."""
     mask = rmask[:, None] & (c < K)[None, :]
     offs = r[:, None] * K + c[None, :]
     v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -61,16 +62,19 @@ def quantize_rows_kernel(
     """``BLOCK_M`` whole rows per program as two tiles, ``BLOCK_K`` columns and the ``BLOCK_K_REST`` after
     them (``0``: none), so that rows whose width is not a power of two waste few lanes (4608 = 4096 + 512);
     with ``GELU`` the rows go through a tanh GELU first, rounded to ``x``'s dtype as the torch op returns it."""
-    r = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    rmask = r < rows
-    v, mask, offs = _load_rows(x_ptr, r, tl.arange(0, BLOCK_K), rmask, K, GELU)
+    row0 = tl.program_id(0) * BLOCK_M
+    base = row0.to(tl.int64) * K  # the program's first element; offsets within its rows fit int32
+    rr = tl.arange(0, BLOCK_M)
+    rmask = row0 + rr < rows
+    x_rows, q_rows = x_ptr + base, q_ptr + base
+    v, mask, offs = _load_rows(x_rows, rr, tl.arange(0, BLOCK_K), rmask, K, GELU)
     amax = row_amax(v, mask)
     if BLOCK_K_REST > 0:
-        v2, mask2, offs2 = _load_rows(x_ptr, r, BLOCK_K + tl.arange(0, BLOCK_K_REST), rmask, K, GELU)
+        v2, mask2, offs2 = _load_rows(x_rows, rr, BLOCK_K + tl.arange(0, BLOCK_K_REST), rmask, K, GELU)
         amax = tl.maximum(amax, row_amax(v2, mask2))
     amax = tl.maximum(amax, min_amax)
-    tl.store(scale_ptr + r, amax / FP8_MAX, mask=rmask)
+    tl.store(scale_ptr + row0 + rr, amax / FP8_MAX, mask=rmask)
     inv = FP8_MAX / amax
-    store_quantized(v, mask, offs, q_ptr, inv)
+    store_quantized(v, mask, offs, q_rows, inv)
     if BLOCK_K_REST > 0:
-        store_quantized(v2, mask2, offs2, q_ptr, inv)
+        store_quantized(v2, mask2, offs2, q_rows, inv)

@@ -30,14 +30,17 @@ def layer_norm_modulate_kernel(
     """``BLOCK_M`` whole rows per program (``BLOCK_C >= C``): the layer norm in float32, rounded (as
     ``nn.LayerNorm`` returns it), then ``h * (1 + scale) + shift`` with ``1 + scale`` rounded (as the
     torch path forms it) and one rounding at the end (as ``torch.addcmul``). With ``FLOAT8`` the rounded
-    rows are stored as e4m3 with one scale per row at ``row_scale_ptr`` (``store_float8_rows``)."""
+    rows are stored as e4m3 with one scale per row at ``row_scale_ptr``."""
     dtype = x_ptr.dtype.element_ty
-    r = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    row0 = tl.program_id(0) * BLOCK_M
+    base = row0.to(tl.int64) * C  # the program's first element; offsets within its rows fit int32
+    rr = tl.arange(0, BLOCK_M)
+    r = row0 + rr
     c = tl.arange(0, BLOCK_C)
     cmask = c < C
     mask = (r < rows)[:, None] & cmask[None, :]
-    offs = r[:, None] * C + c[None, :]
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    offs = rr[:, None] * C + c[None, :]
+    x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(x, axis=1) / C
     xc = tl.where(mask, x - mean[:, None], 0.0)
     rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / C + eps)
@@ -56,9 +59,9 @@ def layer_norm_modulate_kernel(
         amax = tl.maximum(row_amax(out, mask), min_amax)
         tl.store(row_scale_ptr + r, amax / FP8_MAX, mask=r < rows)
         inv = FP8_MAX / amax
-        store_quantized(out, mask, offs, out_ptr, inv)
+        store_quantized(out, mask, offs, out_ptr + base, inv)
     else:
-        tl.store(out_ptr + offs, out.to(dtype), mask=mask)
+        tl.store(out_ptr + base + offs, out.to(dtype), mask=mask)
 
 
 @triton.jit
@@ -71,17 +74,20 @@ def gate_kernel(
     ``RESIDUAL``, over a ``BLOCK_M x BLOCK_C`` tile per program; with ``PRODUCT`` (and ``RESIDUAL``) the
     rounded product is also written to ``prod_ptr``."""
     dtype = out_ptr.dtype.element_ty
-    r = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    row0 = tl.program_id(0) * BLOCK_M
+    base = row0.to(tl.int64) * C  # the tile's first row; offsets within its rows fit int32
+    rr = tl.arange(0, BLOCK_M)
+    r = row0 + rr
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = (r < rows)[:, None] & (c < C)[None, :]
-    offs = r[:, None] * C + c[None, :]
-    y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    offs = rr[:, None] * C + c[None, :]
+    y = tl.load(y_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
     gate = tl.load(gate_ptr + (r // rows_per_group)[:, None] * gate_stride + c[None, :], mask=mask,
                    other=0.0).to(tl.float32)
     out = y * gate
     if RESIDUAL:
         product = out.to(dtype)
         if PRODUCT:
-            tl.store(prod_ptr + offs, product, mask=mask)
-        out = product.to(tl.float32) + tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs, out.to(dtype), mask=mask)
+            tl.store(prod_ptr + base + offs, product, mask=mask)
+        out = product.to(tl.float32) + tl.load(res_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + base + offs, out.to(dtype), mask=mask)
