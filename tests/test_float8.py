@@ -18,6 +18,7 @@ from videosys.kernels.float8 import (
     Float8Weight,
     float8_applies,
     float8_linear,
+    float8_unavailable,
     quantize_rows_reference,
 )
 from videosys.models.layers.float8 import (
@@ -146,8 +147,13 @@ def test_float8_blocks_run_the_torch_path_where_float8_does_not_apply() -> None:
 
 @pytest.mark.parametrize("model", ["opensora", "latte"])
 def test_engine_float8_reaches_the_loaded_denoiser(model: str, request: pytest.FixtureRequest,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+                                                   caplog: pytest.LogCaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``float8=True`` switches every block of the loaded denoiser where float8 can run (here a stand-in
+    for a Hopper GPU: the CPU pipeline with the availability check answering yes); where it cannot, the
+    engine says why and makes no e4m3 copies."""
     from videosys import VideoSysEngine
+    from videosys.kernels import float8 as float8_module
 
     weights = request.getfixturevalue(f"tiny_{model}_dir")
 
@@ -156,8 +162,26 @@ def test_engine_float8_reaches_the_loaded_denoiser(model: str, request: pytest.F
         return [m.float8 for m in pipeline.transformer.modules() if hasattr(m, "float8_linears")]
 
     assert blocks() and not any(blocks())
+    caplog.clear()
+    off = blocks(float8=True)  # the CPU: float8 cannot run
+    assert off and not any(off)
+    assert "float8 linears need a CUDA GPU (the device is cpu); the denoiser runs unchanged" in caplog.text
+    monkeypatch.setattr(float8_module, "float8_unavailable", lambda device: None)
     on = blocks(float8=True)
     assert on and all(on)
     caplog.clear()
     blocks(float8=True, fused_kernels=False)
     assert "only in eager mode with the fused kernels on" in caplog.text
+
+
+def test_float8_unavailable_names_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    from videosys.kernels import float8 as float8_module
+
+    assert "need a CUDA GPU" in float8_unavailable(torch.device("cpu"))
+    monkeypatch.setattr(float8_module, "_capability", lambda index: (8, 0))
+    assert "compute capability 8.9+ (Ada, Hopper), this GPU has 8.0" in float8_unavailable(torch.device("cuda", 0))
+    monkeypatch.setattr(float8_module, "_capability", lambda index: (9, 0))
+    monkeypatch.setattr(float8_module, "triton_available", lambda: False)
+    assert "need Triton" in float8_unavailable(torch.device("cuda", 0))
+    monkeypatch.setattr(float8_module, "triton_available", lambda: True)
+    assert float8_unavailable(torch.device("cuda", 0)) is None

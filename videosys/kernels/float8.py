@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videosys.kernels.common import cdiv, next_power_of_2
+from videosys.kernels.common import cdiv, next_power_of_2, triton_available
 
 __all__ = [
     "FLOAT8_DTYPE",
@@ -37,6 +37,7 @@ __all__ = [
     "Float8Weight",
     "float8_applies",
     "float8_linear",
+    "float8_unavailable",
     "quantize_rows",
     "quantize_rows_reference",
 ]
@@ -144,6 +145,20 @@ def float8_linear(x: Float8Rows, w: Float8Weight) -> torch.Tensor:
 @functools.cache
 def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
+
+
+def float8_unavailable(device: torch.device) -> str | None:
+    """Why float8 linears cannot run on ``device`` (a sentence), or ``None`` when they can: a CUDA GPU of
+    compute capability 8.9+ with Triton installed (the kernels that write the e4m3 activations)."""
+    if device.type != "cuda":
+        return f"float8 linears need a CUDA GPU (the device is {device})"
+    major, minor = _capability(device.index if device.index is not None else torch.cuda.current_device())
+    if (major, minor) < MIN_CAPABILITY:
+        return (f"float8 linears need compute capability {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]}+ (Ada, "
+                f"Hopper), this GPU has {major}.{minor}")
+    if not triton_available():
+        return "float8 linears need Triton (the kernels that quantize the activations)"
+    return None
 
 
 def float8_applies(x: torch.Tensor) -> bool:

@@ -60,16 +60,20 @@ class Pipeline(ABC):
         """Apply this pipeline's denoiser options (fused kernels off, ``torch.compile``) to its current
         transformer: when an option is switched and after another transformer loads."""
         from videosys.kernels import use_fused_kernels
+        from videosys.kernels.float8 import float8_unavailable
         from videosys.models.compile import compile_pieces
         from videosys.models.layers.float8 import use_float8
 
         if not self.fused_kernels:
             use_fused_kernels(self.transformer, False)
         if self.float8:
-            if not use_float8(self.transformer):
+            unavailable = float8_unavailable(self.device)
+            if unavailable:  # no e4m3 copies that could never run
+                logger.warning("float8: %s; the denoiser runs unchanged", unavailable)
+            elif not use_float8(self.transformer):
                 logger.warning("float8: %s has no blocks that run float8 linears; it runs unchanged",
                                type(self.transformer).__name__)
-            if self.compile_denoiser or not self.fused_kernels:
+            elif self.compile_denoiser or not self.fused_kernels:
                 logger.warning("float8 linears run only in eager mode with the fused kernels on: compiled or "
                                "torch-path blocks keep their bf16 / fp16 linears")
         if self.compile_denoiser:
