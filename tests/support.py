@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -68,3 +70,26 @@ def run_in_interpreter(script: str) -> dict[str, float]:
                           text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# A shell starts background jobs with SIGINT ignored and children inherit that; Python then installs no
+# KeyboardInterrupt handler at all. Tests that interrupt a process set up what an interactive run has.
+def interruptible_python(target: str, *args: str, module: bool = False) -> list[str]:
+    """The command line of a Python child that runs the script (or, with ``module``, the module) ``target``
+    with ``args``, SIGINT raising ``KeyboardInterrupt`` in it whatever this test run inherited."""
+    run = f"runpy.run_module({target!r}, run_name='__main__')" if module else \
+        f"runpy.run_path({target!r}, run_name='__main__')"
+    code = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            f"sys.argv = [{target!r}, *sys.argv[1:]]; {run}")
+    return [sys.executable, "-c", code, *args]
+
+
+@contextmanager
+def sigint_raises() -> Iterator[None]:
+    """Within the block SIGINT raises ``KeyboardInterrupt`` in this process (Python's own handler), whatever
+    this test run inherited; the previous handler afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

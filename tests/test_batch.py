@@ -7,12 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from support import interruptible_python, sigint_raises
 
 from videosys.batch import (
     BatchConfigError,
@@ -178,10 +178,11 @@ def test_a_ctrl_c_swallowed_by_a_finaliser_still_stops_the_batch(batch_yaml, tmp
         return results
 
     batch.engine.generate_requests = generate
-    handler = signal.getsignal(signal.SIGINT)
-    with pytest.raises(BatchInterrupted) as info:
-        execute_batch(batch, progress=False)
-    assert signal.getsignal(signal.SIGINT) is handler  # the batch's handler is gone with it
+    with sigint_raises():
+        handler = signal.getsignal(signal.SIGINT)
+        with pytest.raises(BatchInterrupted) as info:
+            execute_batch(batch, progress=False)
+        assert signal.getsignal(signal.SIGINT) is handler  # the batch's handler is gone with it
     summary = info.value.summary
     assert (summary.done, summary.not_run, summary.interrupted) == (1, 3, True)
     assert [r["status"] for r in items(tmp_path / "out" / "manifest.jsonl")] == ["done"]
@@ -361,7 +362,7 @@ def test_cli_lists_all_errors_with_exit_code_2(tiny_latte_dir, tmp_path, capsys)
 # -- interrupted runs ------------------------------------------------------------------------------------------
 def _start(config: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "videosys.cli", "batch", str(config), "--no-progress"],
+    return subprocess.Popen(interruptible_python("videosys.cli", "batch", str(config), "--no-progress", module=True),
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

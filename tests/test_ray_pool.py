@@ -12,6 +12,7 @@ import time
 import numpy as np
 import psutil
 import pytest
+from support import interruptible_python
 
 from videosys import VideoSysEngine
 from videosys.errors import WorkerError
@@ -196,11 +197,10 @@ with VideoSysEngine("latte", weights=sys.argv[1], device="cpu", progress=False, 
 
 def test_ctrl_c_mid_request_leaves_no_processes(tiny_latte_dir, tmp_path) -> None:
     import subprocess
-    import sys
 
     script = tmp_path / "driver.py"
     script.write_text(_INTERRUPTED_DRIVER)
-    proc = subprocess.Popen([sys.executable, str(script), str(tiny_latte_dir)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen(interruptible_python(str(script), str(tiny_latte_dir)), stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     try:
         line = proc.stdout.readline()
