@@ -75,10 +75,6 @@ class Float8Rows:
 
     # what the kernels' checks read of an activation
     @property
-    def device(self) -> torch.device:
-        return self.values.device
-
-    @property
     def is_cuda(self) -> bool:
         return self.values.is_cuda
 
@@ -163,9 +159,8 @@ def float8_unavailable(device: torch.device) -> str | None:
 
 def float8_applies(x: torch.Tensor) -> bool:
     """Whether the float8 path can take activations like ``x`` (already accepted by the modulation kernels'
-    check): a GPU that multiplies e4m3 matrices (compute capability 8.9+)."""
-    return x.is_cuda and _capability(x.device.index if x.device.index is not None else
-                                     torch.cuda.current_device()) >= MIN_CAPABILITY
+    check): on a device where :func:`float8_unavailable` finds nothing missing."""
+    return x.is_cuda and float8_unavailable(x.device) is None
 
 
 def quantize_rows_reference(x: torch.Tensor, *, gelu: bool = False) -> Float8Rows:

@@ -120,7 +120,7 @@ class PABRun:
         """(reuse the kept output on this call, keep this call's output)."""
         i = self._call
         if i < 0:
-            raise RuntimeError("PAB: compute_or_broadcast before begin_call()")
+            raise RuntimeError(f"PAB: the {kind} module of block {block} ran before begin_call()")
         if kind in ATTENTION_KINDS:
             return self.plan.broadcast[kind][i], self.plan.keep[kind][i]
         if kind == "mlp":
