@@ -35,10 +35,9 @@ from videosys.kernels.common import (
     HALF_DTYPES,
     autograd_off,
     cdiv,
-    next_power_of_2,
     triton_available,
 )
-from videosys.kernels.float8 import FLOAT8_DTYPE, MIN_AMAX, Float8Rows
+from videosys.kernels.float8 import FLOAT8_DTYPE, MIN_AMAX, Float8Rows, row_tiles
 
 __all__ = [
     "apply_gate",
@@ -50,11 +49,12 @@ __all__ = [
     "modulation_kernels_apply",
 ]
 
-#: Rows per program of the layer-norm kernel (each program holds whole rows) and its warps: the launch
-#: that measured fastest at both models' shapes on an H200 (Open-Sora 0.137 ms, Latte 0.083, against 0.171
-#: / 0.111 with 4 rows and 8 warps: ``python scripts/bench_kernels.py``, docs/benchmarks.md, seventh session).
-NORM_ROWS_PER_PROGRAM = 2
-NORM_NUM_WARPS = 4
+#: Rows per program of the layer-norm kernel (each program holds whole rows, as two tiles) and its warps:
+#: one row per warp needs no shared memory for its sums. On an H200 back to back (docs/benchmarks.md, ninth
+#: session) Open-Sora's tokens took 60.9 us (3.6 TB/s; a copy of them 57.3) against 78.5 with 2 rows and 4
+#: warps, Latte's 52.9 against 55.1.
+NORM_ROWS_PER_PROGRAM = 1
+NORM_NUM_WARPS = 1
 #: The gate kernel's tile (rows x channels) and warps.
 GATE_BLOCK_ROWS = 16
 GATE_BLOCK_CHANNELS = 256
@@ -186,12 +186,13 @@ def _launch_norm(x: torch.Tensor, out: torch.Tensor, row_scale: torch.Tensor | N
     if rows == 0:
         return
     affine = weight is not None
+    block_c, block_c_rest = row_tiles(c)
     _kernels().layer_norm_modulate_kernel[(cdiv(rows, rows_per_program),)](
         x, out, shift, scale, weight if affine else x, bias if affine else x,
         x if row_scale is None else row_scale,
         rows, c, per_group, _mod_stride(shift), _mod_stride(scale), eps, MIN_AMAX,
-        AFFINE=affine, FLOAT8=row_scale is not None, BLOCK_M=rows_per_program, BLOCK_C=next_power_of_2(c),
-        num_warps=num_warps,
+        AFFINE=affine, FLOAT8=row_scale is not None, BLOCK_M=rows_per_program, BLOCK_C=block_c,
+        BLOCK_C_REST=block_c_rest, INTERPRETED=not x.is_cuda, num_warps=num_warps,
     )
 
 

@@ -22,46 +22,80 @@ def _round(x, dtype: tl.constexpr):
 
 
 @triton.jit
+def _modulated(xc, rstd, group, c, C, mask, w_ptr, b_ptr, shift_ptr, scale_ptr, shift_stride, scale_stride,
+               AFFINE: tl.constexpr, dtype: tl.constexpr):
+    """One tile of centred rows ``xc`` normalised (rounded, as ``nn.LayerNorm`` returns it) and modulated:
+    ``h * (1 + scale) + shift`` with ``1 + scale`` rounded (as the torch path forms it), in float32."""
+    h = xc * rstd[:, None]
+    if AFFINE:
+        w = tl.load(w_ptr + c, mask=c < C, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + c, mask=c < C, other=0.0).to(tl.float32)
+        h = h * w[None, :] + b[None, :]
+    h = _round(h, dtype)
+    shift = tl.load(shift_ptr + group * shift_stride + c[None, :], mask=mask, other=0.0).to(tl.float32)
+    scale = tl.load(scale_ptr + group * scale_stride + c[None, :], mask=mask, other=0.0).to(tl.float32)
+    return h * _round(1.0 + scale, dtype) + shift
+
+
+@triton.jit
 def layer_norm_modulate_kernel(
     x_ptr, out_ptr, shift_ptr, scale_ptr, w_ptr, b_ptr, row_scale_ptr,
     rows, C, rows_per_group, shift_stride, scale_stride, eps, min_amax,
     AFFINE: tl.constexpr, FLOAT8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_C_REST: tl.constexpr, INTERPRETED: tl.constexpr,
 ):
-    """``BLOCK_M`` whole rows per program (``BLOCK_C >= C``): the layer norm in float32, rounded (as
-    ``nn.LayerNorm`` returns it), then ``h * (1 + scale) + shift`` with ``1 + scale`` rounded (as the
-    torch path forms it) and one rounding at the end (as ``torch.addcmul``). With ``FLOAT8`` the rounded
-    rows are stored as e4m3 with one scale per row at ``row_scale_ptr``."""
+    """``BLOCK_M`` whole rows per program, each held as two tiles of ``BLOCK_C`` columns and the
+    ``BLOCK_C_REST`` after them (``0``: none), so that widths that are not a power of two waste few lanes
+    (1152 = 1024 + 128): the layer norm in float32, rounded (as ``nn.LayerNorm`` returns it), then
+    ``h * (1 + scale) + shift`` with ``1 + scale`` rounded (as the torch path forms it) and one rounding at
+    the end (as ``torch.addcmul``). With ``FLOAT8`` the rounded rows are stored as e4m3 with one scale per
+    row at ``row_scale_ptr``."""
     dtype = x_ptr.dtype.element_ty
     row0 = tl.program_id(0) * BLOCK_M
     base = row0.to(tl.int64) * C  # the program's first element; offsets within its rows fit int32
     rr = tl.arange(0, BLOCK_M)
     r = row0 + rr
+    rmask = (r < rows)[:, None]
+    group = (r // rows_per_group)[:, None]
     c = tl.arange(0, BLOCK_C)
-    cmask = c < C
-    mask = (r < rows)[:, None] & cmask[None, :]
+    mask = rmask & (c < C)[None, :]
     offs = rr[:, None] * C + c[None, :]
     x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=1) / C
+    total = tl.sum(x, axis=1)
+    if BLOCK_C_REST > 0:
+        c2 = BLOCK_C + tl.arange(0, BLOCK_C_REST)
+        mask2 = rmask & (c2 < C)[None, :]
+        offs2 = rr[:, None] * C + c2[None, :]
+        x2 = tl.load(x_ptr + base + offs2, mask=mask2, other=0.0).to(tl.float32)
+        total += tl.sum(x2, axis=1)
+    mean = total / C
     xc = tl.where(mask, x - mean[:, None], 0.0)
-    rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / C + eps)
-    h = xc * rstd[:, None]
-    if AFFINE:
-        w = tl.load(w_ptr + c, mask=cmask, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + c, mask=cmask, other=0.0).to(tl.float32)
-        h = h * w[None, :] + b[None, :]
-    h = _round(h, dtype)
-    group = (r // rows_per_group)[:, None]
-    shift = tl.load(shift_ptr + group * shift_stride + c[None, :], mask=mask, other=0.0).to(tl.float32)
-    scale = tl.load(scale_ptr + group * scale_stride + c[None, :], mask=mask, other=0.0).to(tl.float32)
-    out = h * _round(1.0 + scale, dtype) + shift
+    squares = tl.sum(xc * xc, axis=1)
+    if BLOCK_C_REST > 0:
+        xc2 = tl.where(mask2, x2 - mean[:, None], 0.0)
+        squares += tl.sum(xc2 * xc2, axis=1)
+    rstd = tl.rsqrt(squares / C + eps)
+    out = _modulated(xc, rstd, group, c, C, mask, w_ptr, b_ptr, shift_ptr, scale_ptr, shift_stride, scale_stride,
+                     AFFINE, dtype)
+    if BLOCK_C_REST > 0:
+        out2 = _modulated(xc2, rstd, group, c2, C, mask2, w_ptr, b_ptr, shift_ptr, scale_ptr, shift_stride,
+                          scale_stride, AFFINE, dtype)
     if FLOAT8:  # the rounded rows as e4m3, each with its scale (amax / 448)
         out = _round(out, dtype)
-        amax = tl.maximum(row_amax(out, mask), min_amax)
+        amax = row_amax(out, mask)
+        if BLOCK_C_REST > 0:
+            out2 = _round(out2, dtype)
+            amax = tl.maximum(amax, row_amax(out2, mask2))
+        amax = tl.maximum(amax, min_amax)
         tl.store(row_scale_ptr + r, amax / FP8_MAX, mask=r < rows)
         inv = FP8_MAX / amax
-        store_quantized(out, mask, offs, out_ptr + base, inv)
+        store_quantized(out, mask, offs, out_ptr + base, inv, INTERPRETED)
+        if BLOCK_C_REST > 0:
+            store_quantized(out2, mask2, offs2, out_ptr + base, inv, INTERPRETED)
     else:
         tl.store(out_ptr + base + offs, out.to(dtype), mask=mask)
+        if BLOCK_C_REST > 0:
+            tl.store(out_ptr + base + offs2, out2.to(dtype), mask=mask2)
 
 
 @triton.jit
