@@ -188,7 +188,7 @@ def row_tiles(k: int) -> tuple[int, int]:
 def quantize_launch(k: int) -> tuple[int, int]:
     """(rows per program, warps) of :func:`quantize_rows` for rows of ``k`` values: each program holds whole
     rows, so long rows (the MLP's hidden width) take one row per program."""
-    return (1, 4) if k > 2048 else (2, 4)
+    return (1, 4) if k > 2048 else (1, 1)
 
 
 def _kernels() -> Any:
@@ -217,6 +217,7 @@ def quantize_rows(x: torch.Tensor, *, gelu: bool = False, rows_per_program: int 
         block_k, rest = row_tiles(k)
         _kernels().quantize_rows_kernel[(cdiv(rows, block_m),)](
             x, values, scale, rows, k, MIN_AMAX, GELU=gelu, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_K_REST=rest,
+            INTERPRETED=not x.is_cuda,
             num_warps=num_warps or default_warps,
         )
     return Float8Rows(values, scale, x.dtype)
