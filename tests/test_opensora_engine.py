@@ -213,9 +213,44 @@ def test_bfloat16_passes_size_conditioning_in_the_model_dtype(tiny_opensora_dir,
     recorder = CallRecorder(pipeline_of(engine).transformer, monkeypatch)
     result = engine.generate("a cat", steps=1, frames=1, resolution="480p", aspect="9:16")
     call = recorder.calls[0]
-    assert call["height"].dtype == torch.bfloat16
-    assert float(call["width"][0]) == 856.0  # 854 in bfloat16, the value the reference conditions on
+    assert call["fps"].dtype == torch.bfloat16
+    # the sizes as host numbers, already rounded: 854 in bfloat16 is 856, the value the reference conditions on
+    assert (call["height"], call["width"]) == (480.0, 856.0)
+    assert all(type(call[k]) is float for k in ("height", "width"))
     assert result.frames.shape == (1, 480, 848, 3)
+
+
+def test_the_denoise_loop_reads_nothing_back_from_the_device(tiny_opensora_engine, monkeypatch):
+    """No ``item`` / ``tolist`` inside the transformer's calls: on a GPU each is a host sync that drains the
+    queue the host had run ahead with (a size read back from a device tensor cost two per step)."""
+    model = pipeline_of(tiny_opensora_engine).transformer
+    inside = {"depth": 0, "reads": 0}
+    for name in ("item", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            inside["reads"] += inside["depth"] > 0
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    forward = model.forward
+
+    def watched(*args, **kwargs):
+        inside["depth"] += 1
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            inside["depth"] -= 1
+
+    monkeypatch.setattr(model, "forward", watched)
+    tiny_opensora_engine.generate("a cat", steps=2, frames=1, seed=0, pab="none", **SMALL)
+    assert inside["reads"] == 0
+    # the counter works: the model's own size reading, given a tensor, is one
+    with torch.no_grad():
+        model._pixel_size(torch.tensor([480.0]), 480, "height")
+    inside["depth"] = 1
+    model._pixel_size(torch.tensor([480.0]), 480, "height")
+    assert inside["reads"] == 1
 
 
 # --------------------------------------------------------------------------- CLI and the bundled model

@@ -105,10 +105,12 @@ class OpenSoraPipeline(Pipeline):
             text = self.cfg_branch(torch.cat([text, null]))
         batch = text.shape[0]
         both_branches = cfg and not self.parallel.cfg_enabled
-        # fps, height and width go in as model-dtype tensors, as in the reference: in bfloat16 854 becomes 856,
-        # which sets the position-table scale the official weights were sampled with
-        fps, height, width = (torch.full((batch,), float(v), device=self.device, dtype=self.dtype)
-                              for v in (request.fps, request.height, request.width))
+        # fps, height and width take the model dtype's values, as in the reference (which passes model-dtype
+        # tensors): in bfloat16 854 becomes 856, which sets the position-table scale the official weights
+        # were sampled with. The sizes go in as numbers rounded here on the host: as GPU tensors the model
+        # would read them back on every call, two host syncs per step.
+        fps = torch.full((batch,), float(request.fps), device=self.device, dtype=self.dtype)
+        height, width = (float(torch.tensor(float(v), dtype=self.dtype)) for v in (request.height, request.width))
         with self.pab_run(request, schedule.model_timesteps) as run:
             for i in tqdm(range(len(schedule)), desc="denoise", disable=not progress, leave=False):
                 run.begin_call()
