@@ -53,6 +53,9 @@ from videosys.models.opensora.stdit3 import STDiT3Block
 logger = logging.getLogger("bench_kernels")
 
 EPS = 1e-6
+#: Back-to-back calls per timed sample: the host queues ahead of the GPU as in a forward, so a ~0.1 ms
+#: kernel is timed without its launch (the eighth session's single-call samples included it).
+CALLS_PER_SAMPLE = 10
 NORM_SHAPES = {"spatial [B*T, S, heads, 72]": (28, 1590, 16, 72), "temporal [B*S, T, heads, 72]": (3180, 14, 16, 72)}
 MLP_TOKENS, HIDDEN, MLP_HIDDEN = 2 * 14 * 1590, 1152, 4608
 LINEARS = {"qkv": (HIDDEN, 3 * HIDDEN), "proj": (HIDDEN, HIDDEN), "fc1": (HIDDEN, MLP_HIDDEN),
@@ -98,8 +101,14 @@ def bench_fp8(tokens: int, device: str, dtype: torch.dtype, repeats: int, cuda: 
                 timed("quantize x (kernel)", functools.partial(quantize_rows, x), None, repeats, cuda)
                 timed("GELU + quantize x (kernel)", functools.partial(quantize_rows, x, gelu=True), None, repeats,
                       cuda)
+                got, ref = quantize_rows(x, gelu=True), quantize_rows_reference(x, gelu=True)
+                differ = (got.values.float() != ref.values.float()).float().mean().item()
+                logger.info("    GELU + quantize against the torch definition: %.3f%% of the e4m3 values differ, "
+                            "dequantized max abs error %.3g, scales max relative error %.3g", 100 * differ,
+                            (got.dequantize().float() - ref.dequantize().float()).abs().max().item(),
+                            ((got.scale - ref.scale).abs() / ref.scale).max().item())
                 if name in ("qkv", "fc2"):  # the two row widths: the launch sweep
-                    for rows, warps in ((1, 4), (1, 8), (1, 16), (2, 4), (2, 8), (4, 8)):
+                    for rows, warps in ((1, 1), (1, 2), (1, 4), (1, 8), (2, 4)):
                         timed(f"  {rows} rows/program, {warps} warps", functools.partial(
                             quantize_rows, x, gelu=True, rows_per_program=rows, num_warps=warps), None, repeats,
                             cuda)
@@ -120,7 +129,7 @@ def bench_fp8(tokens: int, device: str, dtype: torch.dtype, repeats: int, cuda: 
               lambda: mlp_gelu_tanh(layer_norm_modulate(x, shift, scale, EPS), fc1, fc2), want, repeats, cuda)
         timed("float8 (quantize in the kernels)",
               lambda: mlp_gelu_tanh(layer_norm_modulate_float8(x, shift, scale, EPS), fc1, fc2), want, repeats, cuda)
-        for rows, warps in ((2, 4), (1, 4), (1, 8), (2, 8), (4, 8)):
+        for rows, warps in ((1, 1), (1, 2), (2, 2), (2, 4), (4, 4)):
             timed(f"  norm + modulate -> float8 rows, {rows} rows/program, {warps} warps",
                   lambda r=rows, w=warps: layer_norm_modulate_float8(
                       x, shift, scale, EPS, rows_per_program=r, num_warps=w).values, None, repeats, cuda)
@@ -220,7 +229,7 @@ def bench_modulation(scale: float, device: str, repeats: int, cuda: bool) -> Non
         if cuda:
             timed("norm + modulate, kernel", functools.partial(layer_norm_modulate, x, shift, scale_, EPS), want_norm,
                   repeats, cuda)
-            for rows, warps in ((1, 4), (1, 8), (2, 4), (2, 8), (4, 4), (4, 16), (8, 8)):
+            for rows, warps in ((1, 1), (1, 2), (2, 2), (2, 4), (4, 4)):
                 timed(f"  {rows} rows/program, {warps} warps", functools.partial(
                     layer_norm_modulate, x, shift, scale_, EPS, rows_per_program=rows, num_warps=warps),
                     want_norm, repeats, cuda)
@@ -235,7 +244,7 @@ def bench_modulation(scale: float, device: str, repeats: int, cuda: bool) -> Non
 
 def timed(name: str, fn: Callable[[], torch.Tensor], want: torch.Tensor | None, repeats: int, cuda: bool) -> None:
     err = float("nan") if want is None else (fn().float() - want.float()).abs().max().item()
-    ms = cuda_event_median_ms(fn, repeats) if cuda else float("nan")
+    ms = cuda_event_median_ms(fn, repeats, calls_per_sample=CALLS_PER_SAMPLE) if cuda else float("nan")
     logger.info("  %-28s %8.3f ms   max abs error %.3g", name, ms, err)
 
 
