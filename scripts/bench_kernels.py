@@ -9,8 +9,9 @@ compiled denoiser call could still save time (docs/benchmarks.md, fifth session)
   the torch path (eager and compiled) against the fused Triton kernel (:mod:`videosys.kernels`), each
   against the same block in float32;
 * Latte's temporal self-attention (16 frames, fp16): the torch path against the fused kernel;
-* the blocks' layer norm + adaLN modulation and gate (+ residual) at Open-Sora's (bf16) and Latte's (fp16)
-  token shapes: the torch path against the Triton kernels of :mod:`videosys.kernels.modulation`;
+* the blocks' layer norm + adaLN modulation (also after a residual add, in one kernel) and gate (+ residual)
+  at Open-Sora's (bf16) and Latte's (fp16) token shapes: the torch path against the Triton kernels of
+  :mod:`videosys.kernels.modulation`;
 * each linear of a block (``qkv``, ``proj``, ``fc1``, ``fc2``) in bf16 against float8 e4m3 with a scale per
   token and per output channel (``torch._scaled_mm``), and what quantizing the activations costs; a block's
   norm + MLP and norm + ``qkv`` in bf16 and in float8 as ``--float8`` runs them (:mod:`videosys.kernels.float8`).
@@ -37,6 +38,7 @@ from videosys.kernels.float8 import (
     quantize_rows_reference,
 )
 from videosys.kernels.modulation import (
+    add_layer_norm_modulate,
     apply_gate,
     apply_gate_and_add,
     apply_gate_reference,
@@ -233,6 +235,13 @@ def bench_modulation(scale: float, device: str, repeats: int, cuda: bool) -> Non
                 timed(f"  {rows} rows/program, {warps} warps", functools.partial(
                     layer_norm_modulate, x, shift, scale_, EPS, rows_per_program=rows, num_warps=warps),
                     want_norm, repeats, cuda)
+        if cuda:  # the residual add before the MLP's norm (STDiT3 and Latte after their cross-attention)
+            want_add = layer_norm_modulate_reference(x + y, shift, scale_, EPS)
+            terms = (x, y, shift, scale_)
+            timed("add, then the norm kernel", lambda t=terms: layer_norm_modulate(t[0] + t[1], *t[2:], EPS),
+                  want_add, repeats, cuda)
+            timed("add + norm in one kernel", lambda t=terms: add_layer_norm_modulate(*t, EPS)[1], want_add,
+                  repeats, cuda)
         timed("gate + residual, torch", functools.partial(apply_gate_reference, y, gate, x), want_gate, repeats, cuda)
         timed("gate alone, torch", functools.partial(apply_gate_reference, y, gate), None, repeats, cuda)
         if cuda:

@@ -14,7 +14,11 @@ from support import kernel_test_models
 from videosys.kernels import float8 as float8_module
 from videosys.kernels import temporal_attention_reference
 from videosys.kernels.float8 import Float8Rows, quantize_rows, quantize_rows_reference
-from videosys.kernels.modulation import layer_norm_modulate, layer_norm_modulate_float8
+from videosys.kernels.modulation import (
+    add_layer_norm_modulate,
+    layer_norm_modulate,
+    layer_norm_modulate_float8,
+)
 from videosys.models.layers import attention as attention_module
 from videosys.models.layers import float8 as layers_float8
 from videosys.models.layers import norms as norms_module
@@ -53,6 +57,13 @@ def kernel_cases() -> dict[str, float]:
             key = f"norm {list(shape)} {str(dtype)[6:]}"
             out[key] = e4m3_steps(got, want)
             out[key + " scale"] = (got.scale / want.scale - 1).abs().max().item()
+            # after a residual add: the rows of the sum the kernel also returns
+            total, got = add_layer_norm_modulate(x, torch.randn(*shape, generator=g).to(dtype), shift, scale, 1e-6,
+                                                 float8=True)
+            want = quantize_rows_reference(layer_norm_modulate(total, shift, scale, 1e-6))
+            key = f"add+norm {list(shape)} {str(dtype)[6:]}"
+            out[key] = e4m3_steps(got, want)
+            out[key + " scale"] = (got.scale / want.scale - 1).abs().max().item()
     return out
 
 
@@ -60,6 +71,13 @@ def torch_float8_norm(x, shift, scale, eps, weight=None, bias=None):
     """The half-precision norm kernel's rows quantized by torch (the norm's own float32 summation order is
     interpret_norm_kernels.py's subject; here a rounding flip would move a value by an e4m3 step)."""
     return quantize_rows_reference(layer_norm_modulate(x, shift, scale, eps, weight, bias))
+
+
+def torch_float8_add_norm(x, addend, shift, scale, eps, weight=None, bias=None, *, float8=False):
+    """:func:`torch_float8_norm` after the residual add, as ``add_layer_norm_modulate`` returns them."""
+    total = x + addend
+    norm = torch_float8_norm if float8 else layer_norm_modulate
+    return total, norm(total, shift, scale, eps, weight, bias)
 
 
 def model_cases() -> dict[str, float]:
@@ -93,11 +111,13 @@ def model_cases() -> dict[str, float]:
             plain = model(**inputs)
             assert use_float8(model) == 4
             norms_module.layer_norm_modulate_float8 = counted("norm", layer_norm_modulate_float8)
+            norms_module.add_layer_norm_modulate = counted("norm", add_layer_norm_modulate)
             layers_float8.quantize_rows = counted("quantize", quantize_rows)
             layers_float8.float8_linear = counted("linear", float8_module.float8_linear)
             kernels = model(**inputs)
             counts = dict(calls)
             norms_module.layer_norm_modulate_float8 = torch_float8_norm
+            norms_module.add_layer_norm_modulate = torch_float8_add_norm
             layers_float8.quantize_rows = quantize_rows_reference
             emulated = model(**inputs)
         size = plain.float().norm().item()

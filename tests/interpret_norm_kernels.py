@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from support import kernel_test_models
 
 from videosys.kernels.modulation import (
+    add_layer_norm_modulate,
     apply_gate,
     apply_gate_and_add,
     apply_gate_reference,
@@ -49,6 +50,12 @@ def kernel_cases() -> dict[str, float]:
                 key = f"norm {list(shape)} G={groups} {str(dtype)[6:]} affine={affine}"
                 out[key] = ulps(layer_norm_modulate(x, shift, scale, 1e-6, w, b),
                                 layer_norm_modulate_reference(x, shift, scale, 1e-6, w, b))
+            # a residual add first: the sum as torch adds, the norm of that sum as the plain kernel's cases
+            addend = torch.randn(*shape, generator=g).to(dtype)
+            total, normed = add_layer_norm_modulate(x, addend, shift, scale, 1e-6)
+            out[f"add+norm/sum {list(shape)} G={groups} {str(dtype)[6:]}"] = ulps(total, x + addend)
+            out[f"add+norm {list(shape)} G={groups} {str(dtype)[6:]}"] = ulps(
+                normed, layer_norm_modulate_reference(total, shift, scale, 1e-6))
             y = torch.randn(*shape, generator=g).to(dtype)
             out[f"gate {list(shape)} G={groups} {str(dtype)[6:]}"] = ulps(apply_gate(y, gate),
                                                                           apply_gate_reference(y, gate))
@@ -92,14 +99,15 @@ def with_kernels_forced(model: torch.nn.Module, inputs: dict) -> tuple[torch.Ten
             return kernel(*args, **kwargs)
         return call
 
-    names = ("modulation_kernels_apply", "layer_norm_modulate", "apply_gate", "apply_gate_and_add",
-             "rms_norm_rows_applies", "rms_norm_rows")
+    names = ("modulation_kernels_apply", "layer_norm_modulate", "add_layer_norm_modulate", "apply_gate",
+             "apply_gate_and_add", "rms_norm_rows_applies", "rms_norm_rows")
     saved = {name: getattr(norms_module, name) for name in names}
     with torch.no_grad():
         torch_path = model(**inputs)
         norms_module.modulation_kernels_apply = lambda x, *others: x.is_contiguous()
         norms_module.rms_norm_rows_applies = lambda x, *others: x.is_contiguous()
-        for name in ("layer_norm_modulate", "apply_gate", "apply_gate_and_add", "rms_norm_rows"):
+        for name in ("layer_norm_modulate", "add_layer_norm_modulate", "apply_gate", "apply_gate_and_add",
+                     "rms_norm_rows"):
             setattr(norms_module, name, counted(saved[name]))
         try:
             fused = model(**inputs)

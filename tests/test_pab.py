@@ -135,6 +135,12 @@ def test_add_or_broadcast_asks_for_outputs_only_where_they_are_kept_and_matches_
 
         return fn
 
+    made = []
+
+    def make_residual() -> torch.Tensor:
+        made.append(1)
+        return residual
+
     with scheduler.new_run(DDIM50) as plain, scheduler.new_run(DDIM50) as fused:
         for i, _ in enumerate(DDIM50):
             plain.begin_call()
@@ -142,9 +148,13 @@ def test_add_or_broadcast_asks_for_outputs_only_where_they_are_kept_and_matches_
             for b in range(3):
                 for kind, site in (("spatial", ""), ("mlp", "spatial"), ("temporal", "")):
                     want = residual + plain.compute_or_broadcast(kind, b, lambda i=i: torch.full((2, 3), float(i)), site)
-                    n = len(asked)
-                    got = fused.add_or_broadcast(kind, b, residual, module(kind, float(i)), site)
+                    n, made_before = len(asked), len(made)
+                    # the MLP's residual as a function that makes it (STDiT3 forms x + cross in the MLP's kernel)
+                    given = make_residual if kind == "mlp" else residual
+                    got = fused.add_or_broadcast(kind, b, given, module(kind, float(i)), site)
                     assert torch.equal(got, want), (i, kind, b)
+                    # the function runs on broadcast calls only, once
+                    assert len(made) - made_before == (kind == "mlp" and len(asked) == n), (i, kind, b)
                     if len(asked) > n:  # computed: the output is asked for exactly when this call keeps it
                         plan = fused.plan
                         keeps = (b in plan.mlp_blocks and plan.mlp_actions[i] == MLP_STORE if kind == "mlp"
@@ -154,6 +164,7 @@ def test_add_or_broadcast_asks_for_outputs_only_where_they_are_kept_and_matches_
     assert fused.stats.as_dict() == plain.stats.as_dict()
     assert fused.stats.peak_kept_bytes == plain.stats.peak_kept_bytes
     assert True in asked and False in asked
+    assert made  # PAB236 broadcasts MLPs: the function ran
 
     # an observer sees every computed output, so it is always asked for
     seen = []

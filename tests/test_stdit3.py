@@ -596,8 +596,8 @@ class Recorder:
         self.outputs[(kind, site, block)] = out
         return out
 
-    def add_or_broadcast(self, kind: str, block: int, residual: torch.Tensor, fn: Callable[[bool], Any],
-                         site: str = "") -> torch.Tensor:
+    def add_or_broadcast(self, kind: str, block: int, residual: torch.Tensor | Callable[[], torch.Tensor],
+                         fn: Callable[[bool], Any], site: str = "") -> torch.Tensor:
         total, out = fn(True)
         self.calls.append((kind, site, block))
         self.outputs[(kind, site, block)] = out
@@ -613,9 +613,10 @@ class Replayer:
     def compute_or_broadcast(self, kind: str, block: int, fn: Callable[[], Any], site: str = "") -> Any:
         return self.outputs[(kind, site, block)]
 
-    def add_or_broadcast(self, kind: str, block: int, residual: torch.Tensor, fn: Callable[[bool], Any],
-                         site: str = "") -> torch.Tensor:
-        return residual + self.outputs[(kind, site, block)]
+    def add_or_broadcast(self, kind: str, block: int, residual: torch.Tensor | Callable[[], torch.Tensor],
+                         fn: Callable[[bool], Any], site: str = "") -> torch.Tensor:
+        # as PABRun: the residual may come as a function that makes it (STDiT3's MLP: x + cross)
+        return (residual() if callable(residual) else residual) + self.outputs[(kind, site, block)]
 
 
 def _count_module_calls(m: STDiT3) -> tuple[dict[str, int], list[Any]]:

@@ -10,7 +10,8 @@ seventh session: the gate multiply took 115 us per Latte block). Here:
 * :func:`layer_norm_modulate`: the layer norm and the modulation in one kernel, reading ``x`` once and
   writing the modulated tokens once (the torch path writes and reads the normalised tokens in between);
   :func:`layer_norm_modulate_float8` writes them as e4m3 rows with their scales
-  (:mod:`videosys.kernels.float8`);
+  (:mod:`videosys.kernels.float8`); :func:`add_layer_norm_modulate` first adds a residual term (the
+  cross-attention's output before the MLP's norm) and writes the sum too;
 * :func:`apply_gate`: ``y * gate``, or ``residual + y * gate``, in one kernel; :func:`apply_gate_and_add`
   writes both ``residual + y * gate`` and ``y * gate`` (STDiT3, where PAB keeps the gated product).
 
@@ -40,6 +41,7 @@ from videosys.kernels.common import (
 from videosys.kernels.float8 import FLOAT8_DTYPE, MIN_AMAX, Float8Rows, row_tiles
 
 __all__ = [
+    "add_layer_norm_modulate",
     "apply_gate",
     "apply_gate_and_add",
     "apply_gate_reference",
@@ -169,18 +171,57 @@ def layer_norm_modulate_float8(
     """:func:`layer_norm_modulate`, its rows (rounded to ``x``'s dtype as that returns them) written as e4m3
     with one scale per row (:func:`videosys.kernels.float8.quantize_rows_reference` of its output), for a
     float8 linear to read."""
-    values = torch.empty(x.shape, dtype=FLOAT8_DTYPE, device=x.device)
-    row_scale = torch.empty(x.numel() // x.shape[-1] if x.shape[-1] else 0, 1, dtype=torch.float32,
-                            device=x.device)
+    values, row_scale = _float8_buffers(x)
     _launch_norm(x, values, row_scale, shift, scale, eps, weight, bias, rows_per_program, num_warps)
     return Float8Rows(values, row_scale, x.dtype)
 
 
+@torch.compiler.disable
+def add_layer_norm_modulate(
+    x: torch.Tensor,
+    addend: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    *,
+    float8: bool = False,
+    rows_per_program: int = NORM_ROWS_PER_PROGRAM,
+    num_warps: int = NORM_NUM_WARPS,
+) -> tuple[torch.Tensor, torch.Tensor | Float8Rows]:
+    """``(x + addend, LN(x + addend) * (1 + scale) + shift)`` in one kernel: a residual add (rounded as
+    torch's) and the norm + modulation of its result (:func:`layer_norm_modulate`, or its float8 rows with
+    ``float8``: :func:`layer_norm_modulate_float8`), reading ``x`` and ``addend`` once instead of the add's
+    pass and the norm's read of its output. ``addend`` like ``x`` (shape, dtype, contiguous)."""
+    total = torch.empty_like(x)
+    if float8:
+        values, row_scale = _float8_buffers(x)
+        _launch_norm(x, values, row_scale, shift, scale, eps, weight, bias, rows_per_program, num_warps,
+                     addend, total)
+        return total, Float8Rows(values, row_scale, x.dtype)
+    out = torch.empty_like(x)
+    _launch_norm(x, out, None, shift, scale, eps, weight, bias, rows_per_program, num_warps, addend, total)
+    return total, out
+
+
+def _float8_buffers(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty e4m3 values like ``x`` and one float32 scale per row."""
+    values = torch.empty(x.shape, dtype=FLOAT8_DTYPE, device=x.device)
+    row_scale = torch.empty(x.numel() // x.shape[-1] if x.shape[-1] else 0, 1, dtype=torch.float32,
+                            device=x.device)
+    return values, row_scale
+
+
 def _launch_norm(x: torch.Tensor, out: torch.Tensor, row_scale: torch.Tensor | None, shift: torch.Tensor,
                  scale: torch.Tensor, eps: float, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                 rows_per_program: int, num_warps: int) -> None:
+                 rows_per_program: int, num_warps: int, addend: torch.Tensor | None = None,
+                 total: torch.Tensor | None = None) -> None:
     rows, c, per_group = _group_rows(x, shift, scale)
-    _check_contiguous(x=x)
+    _check_contiguous(x=x, addend=addend)
+    if addend is not None and (addend.shape != x.shape or addend.dtype != x.dtype):
+        raise ValueError(f"addend must match x: {list(addend.shape)} {addend.dtype} against {list(x.shape)} "
+                         f"{x.dtype}")
     if (weight is None) != (bias is None):
         raise ValueError("the layer norm's weight and bias come together (both or neither)")
     if rows == 0:
@@ -188,10 +229,10 @@ def _launch_norm(x: torch.Tensor, out: torch.Tensor, row_scale: torch.Tensor | N
     affine = weight is not None
     block_c, block_c_rest = row_tiles(c)
     _kernels().layer_norm_modulate_kernel[(cdiv(rows, rows_per_program),)](
-        x, out, shift, scale, weight if affine else x, bias if affine else x,
+        x, x if addend is None else addend, x if total is None else total, out, shift, scale, weight if affine else x, bias if affine else x,
         x if row_scale is None else row_scale,
         rows, c, per_group, _mod_stride(shift), _mod_stride(scale), eps, MIN_AMAX,
-        AFFINE=affine, FLOAT8=row_scale is not None, BLOCK_M=rows_per_program, BLOCK_C=block_c,
+        ADD=addend is not None, AFFINE=affine, FLOAT8=row_scale is not None, BLOCK_M=rows_per_program, BLOCK_C=block_c,
         BLOCK_C_REST=block_c_rest, INTERPRETED=not x.is_cuda, num_warps=num_warps,
     )
 

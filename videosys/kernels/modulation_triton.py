@@ -38,18 +38,31 @@ def _modulated(xc, rstd, group, c, C, mask, w_ptr, b_ptr, shift_ptr, scale_ptr, 
 
 
 @triton.jit
+def _load_row_tile(x_ptr, addend_ptr, total_ptr, base, offs, mask, ADD: tl.constexpr, dtype: tl.constexpr):
+    """A tile of ``x`` in float32; with ``ADD`` of ``x + addend`` rounded to ``dtype``, also stored at
+    ``total_ptr``."""
+    x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
+    if ADD:
+        x = x + tl.load(addend_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(total_ptr + base + offs, x.to(dtype), mask=mask)
+        x = _round(x, dtype)
+    return x
+
+
+@triton.jit
 def layer_norm_modulate_kernel(
-    x_ptr, out_ptr, shift_ptr, scale_ptr, w_ptr, b_ptr, row_scale_ptr,
+    x_ptr, addend_ptr, total_ptr, out_ptr, shift_ptr, scale_ptr, w_ptr, b_ptr, row_scale_ptr,
     rows, C, rows_per_group, shift_stride, scale_stride, eps, min_amax,
-    AFFINE: tl.constexpr, FLOAT8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    ADD: tl.constexpr, AFFINE: tl.constexpr, FLOAT8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_C_REST: tl.constexpr, INTERPRETED: tl.constexpr,
 ):
     """``BLOCK_M`` whole rows per program, each held as two tiles of ``BLOCK_C`` columns and the
     ``BLOCK_C_REST`` after them (``0``: none), so that widths that are not a power of two waste few lanes
     (1152 = 1024 + 128): the layer norm in float32, rounded (as ``nn.LayerNorm`` returns it), then
     ``h * (1 + scale) + shift`` with ``1 + scale`` rounded (as the torch path forms it) and one rounding at
-    the end (as ``torch.addcmul``). With ``FLOAT8`` the rounded rows are stored as e4m3 with one scale per
-    row at ``row_scale_ptr``."""
+    the end (as ``torch.addcmul``). With ``ADD`` the rows normalised are ``x + addend`` (rounded, as torch's
+    add), also written to ``total_ptr``. With ``FLOAT8`` the rounded rows are stored as e4m3 with one scale
+    per row at ``row_scale_ptr``."""
     dtype = x_ptr.dtype.element_ty
     row0 = tl.program_id(0) * BLOCK_M
     base = row0.to(tl.int64) * C  # the program's first element; offsets within its rows fit int32
@@ -60,13 +73,13 @@ def layer_norm_modulate_kernel(
     c = tl.arange(0, BLOCK_C)
     mask = rmask & (c < C)[None, :]
     offs = rr[:, None] * C + c[None, :]
-    x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
+    x = _load_row_tile(x_ptr, addend_ptr, total_ptr, base, offs, mask, ADD, dtype)
     total = tl.sum(x, axis=1)
     if BLOCK_C_REST > 0:
         c2 = BLOCK_C + tl.arange(0, BLOCK_C_REST)
         mask2 = rmask & (c2 < C)[None, :]
         offs2 = rr[:, None] * C + c2[None, :]
-        x2 = tl.load(x_ptr + base + offs2, mask=mask2, other=0.0).to(tl.float32)
+        x2 = _load_row_tile(x_ptr, addend_ptr, total_ptr, base, offs2, mask2, ADD, dtype)
         total += tl.sum(x2, axis=1)
     mean = total / C
     xc = tl.where(mask, x - mean[:, None], 0.0)

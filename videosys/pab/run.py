@@ -98,17 +98,20 @@ class PABRun:
         self._computed(key, out, keep)
         return out
 
-    def add_or_broadcast(self, kind: str, block: int, residual: torch.Tensor,
+    def add_or_broadcast(self, kind: str, block: int, residual: torch.Tensor | Callable[[], torch.Tensor],
                          fn: Callable[[bool], tuple[torch.Tensor, torch.Tensor | None]],
                          site: str = "") -> torch.Tensor:
         """``residual`` plus this module's output, the output decided as by :meth:`compute_or_broadcast`.
         ``fn(want_output)`` computes the sum in one pass and returns ``(sum, output)``, the output only when
         ``want_output`` (it is then kept or observed; else ``None``, and never materialised by a fused
-        kernel). A broadcast call adds the kept output to ``residual``."""
+        kernel). A broadcast call adds the kept output to ``residual``, which may be given as a function
+        that makes it (called on broadcast calls only: a module that forms its residual inside ``fn``'s
+        kernels, such as STDiT3's MLP after the cross-attention's add, makes it there)."""
         key = (kind, site, block)
         reuse, keep = self._decide(kind, block)
         if reuse and key in self._cache:
-            return residual + self._reuse(key)
+            base = residual() if callable(residual) else residual
+            return base + self._reuse(key)
         want = keep or self.observer is not None
         total, out = fn(want)
         if want and out is None:
@@ -188,7 +191,7 @@ def run_module(pab: PABRun | None, kind: str, block: int, fn: Callable[[], T], s
     return pab.compute_or_broadcast(kind, block, fn, site)
 
 
-def run_residual(pab: PABRun | None, kind: str, block: int, residual: torch.Tensor,
+def run_residual(pab: PABRun | None, kind: str, block: int, residual: torch.Tensor | Callable[[], torch.Tensor],
                  fn: Callable[[bool], tuple[torch.Tensor, torch.Tensor | None]], site: str = "") -> torch.Tensor:
     """``residual`` + a module's output, where ``fn(want_output)`` returns ``(sum, output or None)`` (the sum
     in one pass, e.g. a gate kernel that also adds the residual): ``fn(False)[0]`` when no PAB run is

@@ -36,7 +36,7 @@ from videosys.parallel import ParallelState, comm
 from .activations import linear_gelu_tanh
 from .attention import Attention
 from .float8 import mlp_gelu_tanh
-from .norms import gated, norm_modulate
+from .norms import add_norm_modulate, gated, norm_modulate
 
 logger = logging.getLogger(__name__)
 
@@ -198,9 +198,15 @@ class LatteBlock(nn.Module):
         out = self.attn2(_grouped(x, context.shape[0]), encoder_hidden_states=context, attention_mask=context_mask)
         return out.reshape(n, s, c)
 
-    def mlp(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """norm2 -> modulate -> feed-forward, before the gate."""
-        return self.ff(norm_modulate(self.norm2, x, shift, scale, fused=self.fused_kernel, float8=self.float8))
+    def mlp(
+        self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, cross: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(r, ff(modulate(norm2(r))))`` before the gate, with ``r = x + cross`` (the cross-attention's
+        residual add, made in the norm's pass) or ``x``."""
+        if cross is None:
+            return x, self.ff(norm_modulate(self.norm2, x, shift, scale, fused=self.fused_kernel, float8=self.float8))
+        r, h = add_norm_modulate(self.norm2, x, cross, shift, scale, fused=self.fused_kernel, float8=self.float8)
+        return r, self.ff(h)
 
     # -- forward -------------------------------------------------------------------------------------
     def forward(
@@ -248,6 +254,7 @@ class LatteBlock(nn.Module):
         )
         x = gated(attn, gate_msa, x, fused=self.fused_kernel)
 
+        cross: torch.Tensor | None = None
         if self.attn2 is not None:
             if encoder_hidden_states is None:
                 raise ValueError("this block has cross-attention (attn2) and needs encoder_hidden_states")
@@ -255,8 +262,16 @@ class LatteBlock(nn.Module):
             cross = run_module(
                 pab, "cross", block, lambda: self.cross_attention(x_in, encoder_hidden_states, encoder_attention_mask)
             )
-            x = cross + x
 
-        x_in = x
-        ff = run_module(pab, "mlp", block, lambda: self.mlp(x_in, shift_mlp, scale_mlp), site=kind)
-        return gated(ff, gate_mlp, x, fused=self.fused_kernel)
+        # the MLP's residual is x + cross: its norm kernel makes the sum; a broadcast MLP adds it here
+        residual: list[torch.Tensor] = []
+
+        def mlp() -> torch.Tensor:
+            r, out = self.mlp(x, shift_mlp, scale_mlp, cross)
+            residual.append(r)
+            return out
+
+        ff = run_module(pab, "mlp", block, mlp, site=kind)
+        if not residual:
+            residual.append(x if cross is None else x + cross)
+        return gated(ff, gate_mlp, residual[0], fused=self.fused_kernel)

@@ -1,8 +1,9 @@
 """Normalisation layers not covered by ``torch.nn``, and adaLN modulation and gating.
 
-:func:`norm_modulate` and :func:`gated` take modulation rows ``[G, 1, C]`` for tokens ``[..., C]`` whose
-rows fall into ``G`` equal consecutive groups (one per video); in eager mode on CUDA they run as one Triton
-kernel each (:mod:`videosys.kernels.modulation`), elsewhere as the torch ops.
+:func:`norm_modulate` (:func:`add_norm_modulate`: after a residual add) and :func:`gated` take modulation
+rows ``[G, 1, C]`` for tokens ``[..., C]`` whose rows fall into ``G`` equal consecutive groups (one per
+video); in eager mode on CUDA they run as one Triton kernel each (:mod:`videosys.kernels.modulation`),
+elsewhere as the torch ops.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from torch import nn
 
 from videosys.kernels.float8 import Float8Rows, float8_applies
 from videosys.kernels.modulation import (
+    add_layer_norm_modulate,
     apply_gate,
     apply_gate_and_add,
     apply_gate_reference,
@@ -23,7 +25,7 @@ from videosys.kernels.modulation import (
 )
 from videosys.kernels.rms_norm import rms_norm_rows, rms_norm_rows_applies
 
-__all__ = ["RMSNorm", "gated", "gated_add", "modulate", "norm_modulate"]
+__all__ = ["RMSNorm", "add_norm_modulate", "gated", "gated_add", "modulate", "norm_modulate"]
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -45,20 +47,52 @@ def norm_modulate(
     ``x``'s rows; one kernel where :func:`videosys.kernels.modulation.modulation_kernels_apply` and
     ``fused``. With ``float8`` (and where :func:`videosys.kernels.float8.float8_applies`) that kernel
     returns the rows as :class:`~videosys.kernels.float8.Float8Rows` for float8 linears."""
-    if tuple(norm.normalized_shape) != (x.shape[-1],):
-        raise ValueError(f"norm_modulate needs a layer norm over the last dimension ({x.shape[-1]}), got "
-                         f"normalized_shape {tuple(norm.normalized_shape)}")
-    if (
-        fused
-        and shift.stride(-1) == 1
-        and scale.stride(-1) == 1
-        and (norm.weight is None) == (norm.bias is None)  # the kernel takes both affine terms or neither
-        and modulation_kernels_apply(x, shift, scale, norm.weight, norm.bias)
-    ):
+    if _norm_kernel_applies(norm, x, shift, scale, fused):
         if float8 and float8_applies(x):
             return layer_norm_modulate_float8(x, shift, scale, norm.eps, norm.weight, norm.bias)
         return layer_norm_modulate(x, shift, scale, norm.eps, norm.weight, norm.bias)
     return layer_norm_modulate_reference(x, shift, scale, norm.eps, norm.weight, norm.bias)
+
+
+def add_norm_modulate(
+    norm: nn.LayerNorm,
+    x: torch.Tensor,
+    addend: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    fused: bool = True,
+    float8: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | Float8Rows]:
+    """``(x + addend, norm_modulate(norm, x + addend, ...))``: a residual add and the next module's norm +
+    modulation, in one kernel pass where :func:`norm_modulate`'s kernel applies (and ``addend`` is like
+    ``x``), reading the two terms once instead of the add's pass and the norm's read of its result."""
+    if (
+        _norm_kernel_applies(norm, x, shift, scale, fused, addend)
+        and addend.is_contiguous()
+        and addend.shape == x.shape
+        and addend.dtype == x.dtype
+    ):
+        return add_layer_norm_modulate(x, addend, shift, scale, norm.eps, norm.weight, norm.bias,
+                                       float8=float8 and float8_applies(x))
+    total = x + addend
+    return total, norm_modulate(norm, total, shift, scale, fused=fused, float8=float8)
+
+
+def _norm_kernel_applies(
+    norm: nn.LayerNorm, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, fused: bool,
+    *others: torch.Tensor,
+) -> bool:
+    if tuple(norm.normalized_shape) != (x.shape[-1],):
+        raise ValueError(f"norm_modulate needs a layer norm over the last dimension ({x.shape[-1]}), got "
+                         f"normalized_shape {tuple(norm.normalized_shape)}")
+    return (
+        fused
+        and shift.stride(-1) == 1
+        and scale.stride(-1) == 1
+        and (norm.weight is None) == (norm.bias is None)  # the kernel takes both affine terms or neither
+        and modulation_kernels_apply(x, shift, scale, norm.weight, norm.bias, *others)
+    )
 
 
 def gated(

@@ -72,7 +72,7 @@ from ..config_values import is_int, is_number
 from ..layers.float8 import linear, mlp_gelu_tanh
 from ..layers.attention import scaled_dot_product
 from ..layers.embeddings import timestep_sinusoids
-from ..layers.norms import RMSNorm, gated_add, modulate, norm_modulate
+from ..layers.norms import RMSNorm, add_norm_modulate, gated_add, modulate, norm_modulate
 from ..layers.rope import RotaryEmbedding, apply_rotary
 from ..weights import load_pretrained
 
@@ -477,13 +477,14 @@ class STDiT3Block(nn.Module):
         return self.cross_attn(x, y, key_mask)
 
     def feed_forward(
-        self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor, *,
-        keep_output: bool = True,
+        self, x: torch.Tensor, cross: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor,
+        *, keep_output: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(x + out, out)`` with ``out = gate * mlp(modulate(norm2(x)))`` (``None`` unless
-        ``keep_output``; ``out`` is what PAB keeps)."""
-        h = norm_modulate(self.norm2, x, shift, scale, fused=self.fused_kernel, float8=self.float8)
-        return gated_add(self.mlp(h), gate, x, keep_product=keep_output, fused=self.fused_kernel)
+        """``(r + out, out)`` with ``r = x + cross`` (the cross-attention's residual add, made in the norm's
+        pass) and ``out = gate * mlp(modulate(norm2(r)))`` (``None`` unless ``keep_output``; ``out`` is what
+        PAB keeps)."""
+        r, h = add_norm_modulate(self.norm2, x, cross, shift, scale, fused=self.fused_kernel, float8=self.float8)
+        return gated_add(self.mlp(h), gate, r, keep_product=keep_output, fused=self.fused_kernel)
 
     def forward(
         self,
@@ -530,15 +531,14 @@ class STDiT3Block(nn.Module):
 
         x_cross_in = x
         cross = run_module(pab, "cross", block, lambda: self.cross_attention(x_cross_in, y, key_mask), site=site)
-        x = x + cross
 
-        x_mlp_in = x
+        # the MLP's residual is x + cross: its norm kernel makes the sum; a broadcast MLP adds it here
         return run_residual(
             pab,
             "mlp",
             block,
-            x,
-            lambda keep: self.feed_forward(x_mlp_in, shift_mlp, scale_mlp, gate_mlp, keep_output=keep),
+            lambda: x_cross_in + cross,
+            lambda keep: self.feed_forward(x_cross_in, cross, shift_mlp, scale_mlp, gate_mlp, keep_output=keep),
             site=site,
         )
 
