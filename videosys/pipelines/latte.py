@@ -90,7 +90,9 @@ class LattePipeline(Pipeline):
     def denoise(self, request: GenerationRequest, cond: torch.Tensor, uncond: torch.Tensor | None,
                 progress: bool) -> tuple[torch.Tensor, PABStats]:
         scheduler = self.scheduler_factory.new()
-        scheduler.set_timesteps(request.steps, device=self.device)
+        # the schedule stays on the host: the diffusers schedulers index their host tables with the timestep,
+        # which for a GPU timestep is a read back, a host sync, several per step
+        scheduler.set_timesteps(request.steps)
         timesteps = scheduler.timesteps
         cfg = uncond is not None
         text = self.cfg_branch(torch.cat([uncond, cond])) if cfg else cond  # CFG order [neg, pos]
@@ -105,7 +107,8 @@ class LattePipeline(Pipeline):
                 run.begin_call()
                 model_in = torch.cat([latents, latents]) if both_branches else latents
                 model_in = scheduler.scale_model_input(model_in, t)
-                t_batch = t.reshape(1).expand(model_in.shape[0]).to(self.device)
+                # filled on the device (a copy of the host value would wait for the queue)
+                t_batch = torch.full((model_in.shape[0],), t.item(), dtype=t.dtype, device=self.device)
                 noise = self.cfg_join(transformer(model_in, t_batch, text, pab=run, parallel=self.parallel))
                 if cfg:
                     noise_uncond, noise_cond = noise.chunk(2)
