@@ -202,9 +202,10 @@ def quantize_rows(x: torch.Tensor, *, gelu: bool = False, rows_per_program: int 
                   num_warps: int | None = None) -> Float8Rows:
     """Contiguous ``x`` ``[..., K]`` (fp16 / bf16) as :class:`Float8Rows` in one Triton pass; with ``gelu``
     the rows go through a tanh GELU first (the MLP's activation, then its second linear's input).
-    Each row is read as two power-of-two tiles (:func:`row_tiles`: at the MLP's 4608 channels 0.39 ms per
-    Open-Sora tensor on an H200 against 0.58 as one tile of 8192 lanes; docs/benchmarks.md, eighth
-    session). ``rows_per_program`` / ``num_warps``: launch tuning (default: :func:`quantize_launch`)."""
+    Each row is read as two power-of-two tiles (:func:`row_tiles`: at the MLP's 4608 channels one tile of
+    8192 lanes was 1.5x slower on an H200; docs/benchmarks.md, eighth session); the GELU + quantize of an
+    Open-Sora MLP tensor takes 0.21 ms there (ninth session). ``rows_per_program`` / ``num_warps``: launch
+    tuning (default: :func:`quantize_launch`)."""
     if not x.is_contiguous():
         raise ValueError("x must be contiguous")
     k = x.shape[-1]
