@@ -229,11 +229,11 @@ def _launch_norm(x: torch.Tensor, out: torch.Tensor, row_scale: torch.Tensor | N
     affine = weight is not None
     block_c, block_c_rest = row_tiles(c)
     _kernels().layer_norm_modulate_kernel[(cdiv(rows, rows_per_program),)](
-        x, x if addend is None else addend, x if total is None else total, out, shift, scale, weight if affine else x, bias if affine else x,
-        x if row_scale is None else row_scale,
+        x, x if addend is None else addend, x if total is None else total, out, shift, scale,
+        weight if affine else x, bias if affine else x, x if row_scale is None else row_scale,
         rows, c, per_group, _mod_stride(shift), _mod_stride(scale), eps, MIN_AMAX,
-        ADD=addend is not None, AFFINE=affine, FLOAT8=row_scale is not None, BLOCK_M=rows_per_program, BLOCK_C=block_c,
-        BLOCK_C_REST=block_c_rest, INTERPRETED=not x.is_cuda, num_warps=num_warps,
+        ADD=addend is not None, AFFINE=affine, FLOAT8=row_scale is not None, BLOCK_M=rows_per_program,
+        BLOCK_C=block_c, BLOCK_C_REST=block_c_rest, INTERPRETED=not x.is_cuda, num_warps=num_warps,
     )
 
 

@@ -74,14 +74,14 @@ def layer_norm_modulate_kernel(
     mask = rmask & (c < C)[None, :]
     offs = rr[:, None] * C + c[None, :]
     x = _load_row_tile(x_ptr, addend_ptr, total_ptr, base, offs, mask, ADD, dtype)
-    total = tl.sum(x, axis=1)
+    row_sum = tl.sum(x, axis=1)
     if BLOCK_C_REST > 0:
         c2 = BLOCK_C + tl.arange(0, BLOCK_C_REST)
         mask2 = rmask & (c2 < C)[None, :]
         offs2 = rr[:, None] * C + c2[None, :]
         x2 = _load_row_tile(x_ptr, addend_ptr, total_ptr, base, offs2, mask2, ADD, dtype)
-        total += tl.sum(x2, axis=1)
-    mean = total / C
+        row_sum += tl.sum(x2, axis=1)
+    mean = row_sum / C
     xc = tl.where(mask, x - mean[:, None], 0.0)
     squares = tl.sum(xc * xc, axis=1)
     if BLOCK_C_REST > 0:
