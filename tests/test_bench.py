@@ -108,3 +108,64 @@ def test_run_bench_through_a_pool_reports_comm_per_setting(tiny_latte_dir) -> No
     assert on.pab_stats["temporal"]["broadcast"] > 0
     assert set(off.stages_s) >= {"denoise", "total"}
     assert "| pab236 |" in report.markdown()
+
+
+# -- host syncs (videosys/bench/syncs.py; scripts/check_syncs.py runs it on a GPU) ---------------------------
+
+
+def _sync_warning() -> None:
+    import warnings
+
+    from videosys.bench.syncs import SYNC_WARNING
+
+    warnings.warn(f"{SYNC_WARNING} (as torch's debug mode words it)", UserWarning, stacklevel=1)
+
+
+def _loop_step() -> None:
+    _sync_warning()
+
+
+def test_sync_recorder_counts_by_site_and_passes_other_warnings_on() -> None:
+    import warnings
+    from pathlib import Path
+
+    from videosys.bench.syncs import recording_syncs
+
+    passed_on = []
+    saved = warnings.showwarning
+    warnings.showwarning = lambda message, *args, **kwargs: passed_on.append(str(message))
+    try:
+        with recording_syncs(root=Path(__file__).resolve().parent, depth=2) as sites:
+            for _ in range(3):
+                _loop_step()
+            _sync_warning()
+            warnings.warn("something else", UserWarning, stacklevel=1)
+    finally:
+        warnings.showwarning = saved
+    assert passed_on == ["something else"]
+    assert sum(sites.values()) == 4 and len(sites) == 2
+    (site, n), (other, m) = sites.most_common()
+    # innermost first, as "file:line <- caller:line"
+    assert n == 3 and site.startswith("test_bench.py:") and " <- test_bench.py:" in site
+    assert m == 1 and other != site
+
+
+def test_per_step_keeps_the_sites_that_grow_with_the_steps() -> None:
+    from collections import Counter
+
+    from videosys.bench.syncs import per_step
+
+    short = Counter({"encode": 2, "loop": 4, "decode": 1})
+    long = Counter({"encode": 2, "loop": 8, "decode": 1, "late": 2})
+    assert per_step(short, long, 2, 4) == {"late": 1.0, "loop": 2.0}
+    assert per_step(short, short, 2, 4) == {}
+    with pytest.raises(ValueError, match="more steps"):
+        per_step(short, long, 4, 4)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only message")
+def test_counting_syncs_without_a_gpu_says_so() -> None:
+    from videosys.bench.syncs import count_syncs
+
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        count_syncs(lambda: None)
