@@ -29,12 +29,11 @@ _THIS_FILE = Path(__file__).resolve()
 
 def _site(stack: list[traceback.FrameSummary], root: Path, depth: int) -> str:
     """The innermost ``depth`` frames under ``root`` (this module's own excluded), innermost first."""
-    frames = [f for f in stack if Path(f.filename).resolve().is_relative_to(root)
-              and Path(f.filename).resolve() != _THIS_FILE]
+    frames = [(path, f.lineno) for f in stack
+              if (path := Path(f.filename).resolve()).is_relative_to(root) and path != _THIS_FILE]
     if not frames:
         return "(outside the package)"
-    return " <- ".join(f"{Path(f.filename).resolve().relative_to(root)}:{f.lineno}"
-                       for f in reversed(frames[-depth:]))
+    return " <- ".join(f"{path.relative_to(root)}:{line}" for path, line in reversed(frames[-depth:]))
 
 
 @contextmanager
