@@ -53,9 +53,10 @@ __all__ = [
 MAX_FRAMES = 64
 #: The widest head the kernel takes (one power-of-two tile of channels).
 MAX_HEAD_DIM = 128
-#: The launch that measured fastest at Open-Sora's 480p 2s shape on an H200 (0.367 ms; one head with 4 warps
-#: 0.469 ms, with 1 warp 0.389 ms: ``python scripts/bench_kernels.py``, docs/benchmarks.md, sixth session).
-DEFAULT_HEADS_PER_PROGRAM = 2
+#: The launch that measured fastest at Open-Sora's 480p 2s shape on an H200, timed back to back as a forward
+#: queues it: one head with 2 warps 0.253 ms (2 heads / 2 warps 0.291, 1 / 1 0.308, 1 / 4 0.284;
+#: ``python scripts/bench_kernels.py --only temporal``, docs/benchmarks.md, tenth session).
+DEFAULT_HEADS_PER_PROGRAM = 1
 DEFAULT_NUM_WARPS = 2
 
 RopeTables = tuple[torch.Tensor, torch.Tensor] | None
