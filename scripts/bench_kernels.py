@@ -44,6 +44,7 @@ from videosys.kernels.modulation import (
     add_layer_norm_modulate,
     apply_gate,
     apply_gate_and_add,
+    apply_gate_and_add_float8,
     apply_gate_reference,
     layer_norm_modulate,
     layer_norm_modulate_float8,
@@ -143,6 +144,18 @@ def bench_fp8(tokens: int, device: str, dtype: torch.dtype, repeats: int, cuda: 
         logger.info("a block's norm + qkv, tokens %s:", list(x.shape))
         timed("bf16", lambda: qkv(layer_norm_modulate(x, shift, scale, EPS)), want, repeats, cuda)
         timed("float8", lambda: linear(qkv, layer_norm_modulate_float8(x, shift, scale, EPS)), want, repeats, cuda)
+        # the self-attention's gate pass, then the cross-attention's q linear (a [C, C] linear: proj's shape)
+        q_linear = layers["proj"]
+        y, residual = torch.randn_like(x), torch.randn_like(x)
+        gate = (torch.randn(2, 1, HIDDEN, device=device, dtype=dtype) * 0.3)
+        want = q_linear(apply_gate_and_add(y, gate, residual)[0])
+        logger.info("a block's gate + residual (product kept) + cross-attention q linear, tokens %s:", list(x.shape))
+        timed("bf16", lambda: q_linear(apply_gate_and_add(y, gate, residual)[0]), want, repeats, cuda)
+        timed("float8 (the gate writes the rows)", lambda: linear(
+            q_linear, apply_gate_and_add_float8(y, gate, residual, product=True)[2]), want, repeats, cuda)
+        timed("  gate kernel alone", functools.partial(apply_gate_and_add, y, gate, residual), None, repeats, cuda)
+        timed("  float8 gate kernel alone", functools.partial(
+            apply_gate_and_add_float8, y, gate, residual, product=True), None, repeats, cuda)
 
 
 def bench_temporal_attention(scale: float, device: str, dtype: torch.dtype, repeats: int, cuda: bool) -> None:

@@ -16,6 +16,8 @@ from videosys.kernels import temporal_attention_reference
 from videosys.kernels.float8 import Float8Rows, quantize_rows, quantize_rows_reference
 from videosys.kernels.modulation import (
     add_layer_norm_modulate,
+    apply_gate_and_add,
+    apply_gate_and_add_float8,
     layer_norm_modulate,
     layer_norm_modulate_float8,
 )
@@ -64,6 +66,16 @@ def kernel_cases() -> dict[str, float]:
             key = f"add+norm {list(shape)} {str(dtype)[6:]}"
             out[key] = e4m3_steps(got, want)
             out[key + " scale"] = (got.scale / want.scale - 1).abs().max().item()
+            # the gate's residual update: the sum and product exactly the half-precision kernel's, its rows
+            y, residual = (torch.randn(*shape, generator=g).to(dtype) for _ in range(2))
+            total, product, got = apply_gate_and_add_float8(y, table[:, 2:3], residual, product=True)
+            want_total, want_product = apply_gate_and_add(y, table[:, 2:3], residual)
+            assert torch.equal(total, want_total) and torch.equal(product, want_product)
+            assert apply_gate_and_add_float8(y, table[:, 2:3], residual, product=False)[1] is None
+            want = quantize_rows_reference(want_total)
+            key = f"gate+add {list(shape)} {str(dtype)[6:]}"
+            out[key] = e4m3_steps(got, want)
+            out[key + " scale"] = (got.scale / want.scale - 1).abs().max().item()
     return out
 
 
@@ -78,6 +90,12 @@ def torch_float8_add_norm(x, addend, shift, scale, eps, weight=None, bias=None, 
     total = x + addend
     norm = torch_float8_norm if float8 else layer_norm_modulate
     return total, norm(total, shift, scale, eps, weight, bias)
+
+
+def torch_float8_gate(y, gate, residual, *, product):
+    """The half-precision gate kernel's sum and product, the sum's rows quantized by torch."""
+    total, kept = apply_gate_and_add(y, gate, residual)
+    return total, kept if product else None, quantize_rows_reference(total)
 
 
 def model_cases() -> dict[str, float]:
@@ -98,7 +116,7 @@ def model_cases() -> dict[str, float]:
     models["latte"][1]["hidden_states"] = torch.randn(2, 4, 2, 4, 4, generator=g)
     models["stdit3"][1]["x"] = torch.randn(2, 4, 2, 2, 4, generator=g)
     for name, (model, inputs) in models.items():
-        calls = {"norm": 0, "quantize": 0, "linear": 0}
+        calls = {"norm": 0, "gate": 0, "quantize": 0, "linear": 0}
 
         def counted(kind, fn, calls=calls):
             def call(*args, **kwargs):
@@ -112,12 +130,14 @@ def model_cases() -> dict[str, float]:
             assert use_float8(model) == 4
             norms_module.layer_norm_modulate_float8 = counted("norm", layer_norm_modulate_float8)
             norms_module.add_layer_norm_modulate = counted("norm", add_layer_norm_modulate)
+            norms_module.apply_gate_and_add_float8 = counted("gate", apply_gate_and_add_float8)
             layers_float8.quantize_rows = counted("quantize", quantize_rows)
             layers_float8.float8_linear = counted("linear", float8_module.float8_linear)
             kernels = model(**inputs)
             counts = dict(calls)
             norms_module.layer_norm_modulate_float8 = torch_float8_norm
             norms_module.add_layer_norm_modulate = torch_float8_add_norm
+            norms_module.apply_gate_and_add_float8 = torch_float8_gate
             layers_float8.quantize_rows = quantize_rows_reference
             emulated = model(**inputs)
         size = plain.float().norm().item()

@@ -34,19 +34,22 @@ from videosys.testing.tiny_stdit3 import make_stdit3
 def test_float8_kernels_match_the_torch_quantization_in_the_interpreter() -> None:
     errors = run_in_interpreter("interpret_float8.py")
     # per block (2 spatial, 2 temporal): the two norms write e4m3 rows, the MLP's GELU quantizes fc2's input;
-    # linears: an STDiT3 spatial block's q, k, v, fc1, fc2 (5), a temporal block's one qkv, fc1, fc2 (3);
-    # every Latte block's stacked qkv (its self-attentions are short: the fused path), fc1, fc2
-    linears = {"stdit3": 2 * 5 + 2 * 3, "latte": 4 * 3}
+    # linears: an STDiT3 spatial block's q, k, v, fc1, fc2 (5), a temporal block's one qkv, fc1, fc2 (3), and
+    # every STDiT3 block's cross-attention q_linear, fed by its self-attention's gate kernel; every Latte
+    # block's stacked qkv (its self-attentions are short: the fused path), fc1, fc2
+    linears = {"stdit3": 2 * 5 + 2 * 3 + 4, "latte": 4 * 3}
+    gates = {"stdit3": 4, "latte": 0}
     for model in ("stdit3", "latte"):
         assert errors.pop(f"{model} norm calls") == 8
+        assert errors.pop(f"{model} gate calls") == gates[model]
         assert errors.pop(f"{model} quantize calls") == 4
         assert errors.pop(f"{model} linear calls") == linears[model]
         # the kernels quantize exactly as the torch reference does (the same model with torch's quantization)
         assert errors.pop(f"{model} float8 kernels vs torch float8") < 1e-6
         # ...and float8 changes the numbers, by a few percent (relative to the output's norm)
         assert 0.002 < errors.pop(f"{model} float8 vs torch path") < 0.1
-    # 3 shapes x 2 dtypes x (quantize, GELU + quantize, norm, add + norm) x (values, scale)
-    assert len(errors) == 3 * 2 * 4 * 2, sorted(errors)
+    # 3 shapes x 2 dtypes x (quantize, GELU + quantize, norm, add + norm, gate + add) x (values, scale)
+    assert len(errors) == 3 * 2 * 5 * 2, sorted(errors)
     for key, value in errors.items():
         if key.endswith("scale"):  # a row's scale: its amax, which the GELU may round one bf16 step apart
             assert value <= (0.01 if "gelu" in key else 1e-6), (key, value)

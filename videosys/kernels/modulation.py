@@ -13,7 +13,9 @@ seventh session: the gate multiply took 115 us per Latte block). Here:
   (:mod:`videosys.kernels.float8`); :func:`add_layer_norm_modulate` first adds a residual term (the
   cross-attention's output before the MLP's norm) and writes the sum too;
 * :func:`apply_gate`: ``y * gate``, or ``residual + y * gate``, in one kernel; :func:`apply_gate_and_add`
-  writes both ``residual + y * gate`` and ``y * gate`` (STDiT3, where PAB keeps the gated product).
+  writes both ``residual + y * gate`` and ``y * gate`` (STDiT3, where PAB keeps the gated product);
+  :func:`apply_gate_and_add_float8` also writes the sum as e4m3 rows (the cross-attention's q linear
+  reads them under ``--float8``).
 
 Rows of ``x`` (its ``[..., C]`` flattened to ``[rows, C]``) fall into ``G`` equal consecutive groups, one
 per row of the ``[G, 1, C]`` (or ``[G, C]``) modulation tensors: one row per video for both STDiT3's
@@ -44,6 +46,7 @@ __all__ = [
     "add_layer_norm_modulate",
     "apply_gate",
     "apply_gate_and_add",
+    "apply_gate_and_add_float8",
     "apply_gate_reference",
     "layer_norm_modulate",
     "layer_norm_modulate_float8",
@@ -61,6 +64,9 @@ NORM_NUM_WARPS = 1
 GATE_BLOCK_ROWS = 16
 GATE_BLOCK_CHANNELS = 256
 GATE_NUM_WARPS = 4
+#: The float8 gate kernel holds whole rows (a row's scale needs all of it): one row per one-warp program,
+#: as the norm kernel.
+GATE_FLOAT8_NUM_WARPS = 1
 
 
 def modulation_kernels_apply(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
@@ -254,13 +260,43 @@ def apply_gate_and_add(y: torch.Tensor, gate: torch.Tensor, residual: torch.Tens
     return out, product
 
 
-def _launch_gate(y: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor | None,
-                 product: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+@torch.compiler.disable
+def apply_gate_and_add_float8(
+    y: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor, *, product: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, Float8Rows]:
+    """``(residual + y * gate, y * gate or None, the sum as e4m3 rows)`` in one Triton kernel: the gated
+    residual update (:func:`apply_gate_and_add`; the product only with ``product``) and its rows, rounded
+    as returned, quantized with one scale per row (:func:`videosys.kernels.float8.quantize_rows_reference`
+    of the sum) for the float8 linear that reads the updated stream next. Arguments as for
+    :func:`apply_gate`."""
+    rows, c, per_group = _gate_rows(y, gate, residual)
+    out = torch.empty_like(y)
+    prod = torch.empty_like(y) if product else None
+    values, row_scale = _float8_buffers(y)
+    if rows:
+        block_c, block_c_rest = row_tiles(c)
+        _kernels().gate_float8_kernel[(rows,)](
+            y, gate, residual, out, out if prod is None else prod, values, row_scale,
+            c, per_group, _mod_stride(gate), MIN_AMAX,
+            PRODUCT=prod is not None, BLOCK_C=block_c, BLOCK_C_REST=block_c_rest, INTERPRETED=not y.is_cuda,
+            num_warps=GATE_FLOAT8_NUM_WARPS,
+        )
+    return out, prod, Float8Rows(values, row_scale, y.dtype)
+
+
+def _gate_rows(y: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor | None) -> tuple[int, int, int]:
+    """The gate kernels' checks; ``(rows, C, rows_per_group)`` of ``y``."""
     rows, c, per_group = _group_rows(y, gate)
     _check_contiguous(y=y, residual=residual)
     if residual is not None and (residual.shape != y.shape or residual.dtype != y.dtype):
         raise ValueError(f"residual must match y: {list(residual.shape)} {residual.dtype} against "
                          f"{list(y.shape)} {y.dtype}")
+    return rows, c, per_group
+
+
+def _launch_gate(y: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor | None,
+                 product: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    rows, c, per_group = _gate_rows(y, gate, residual)
     out = torch.empty_like(y)
     prod = torch.empty_like(y) if product else None
     if rows == 0:

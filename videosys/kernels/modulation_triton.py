@@ -12,7 +12,7 @@ import triton.language as tl
 
 from videosys.kernels.float8_triton import FP8_MAX, row_amax, store_quantized
 
-__all__ = ["gate_kernel", "layer_norm_modulate_kernel"]
+__all__ = ["gate_float8_kernel", "gate_kernel", "layer_norm_modulate_kernel"]
 
 
 @triton.jit
@@ -138,3 +138,50 @@ def gate_kernel(
             tl.store(prod_ptr + base + offs, product, mask=mask)
         out = product.to(tl.float32) + tl.load(res_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + base + offs, out.to(dtype), mask=mask)
+
+
+@triton.jit
+def _gate_row_tile(y_ptr, gate_ptr, res_ptr, out_ptr, prod_ptr, base, c, C, group, gate_stride,
+                   PRODUCT: tl.constexpr):
+    """One ``[1, BLOCK]`` tile of a row (columns ``c``, ``[1, BLOCK]``): ``residual + y * gate`` as
+    :func:`gate_kernel` rounds it, stored (and the product with ``PRODUCT``); returned in float32 with its
+    mask."""
+    dtype = out_ptr.dtype.element_ty
+    mask = c < C
+    y = tl.load(y_ptr + base + c, mask=mask, other=0.0).to(tl.float32)
+    gate = tl.load(gate_ptr + group * gate_stride + c, mask=mask, other=0.0).to(tl.float32)
+    product = (y * gate).to(dtype)
+    if PRODUCT:
+        tl.store(prod_ptr + base + c, product, mask=mask)
+    out = (product.to(tl.float32) + tl.load(res_ptr + base + c, mask=mask, other=0.0).to(tl.float32)).to(dtype)
+    tl.store(out_ptr + base + c, out, mask=mask)
+    return out.to(tl.float32), mask
+
+
+@triton.jit
+def gate_float8_kernel(
+    y_ptr, gate_ptr, res_ptr, out_ptr, prod_ptr, q_ptr, row_scale_ptr,
+    C, rows_per_group, gate_stride, min_amax,
+    PRODUCT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_C_REST: tl.constexpr, INTERPRETED: tl.constexpr,
+):
+    """:func:`gate_kernel` with ``RESIDUAL`` over one whole row per program (two tiles, ``BLOCK_C`` columns
+    and the ``BLOCK_C_REST`` after them), which also writes the row it makes as e4m3 with its scale (the
+    next linear's float8 input)."""
+    row = tl.program_id(0)
+    base = row.to(tl.int64) * C
+    group = row // rows_per_group
+    c = tl.arange(0, BLOCK_C)[None, :]
+    out, mask = _gate_row_tile(y_ptr, gate_ptr, res_ptr, out_ptr, prod_ptr, base, c, C, group, gate_stride,
+                               PRODUCT)
+    amax = row_amax(out, mask)
+    if BLOCK_C_REST > 0:
+        c2 = BLOCK_C + tl.arange(0, BLOCK_C_REST)[None, :]
+        out2, mask2 = _gate_row_tile(y_ptr, gate_ptr, res_ptr, out_ptr, prod_ptr, base, c2, C, group, gate_stride,
+                                     PRODUCT)
+        amax = tl.maximum(amax, row_amax(out2, mask2))
+    amax = tl.maximum(amax, min_amax)
+    tl.store(row_scale_ptr + row + tl.arange(0, 1), amax / FP8_MAX)
+    inv = FP8_MAX / amax
+    store_quantized(out, mask, c, q_ptr + base, inv, INTERPRETED)
+    if BLOCK_C_REST > 0:
+        store_quantized(out2, mask2, c2, q_ptr + base, inv, INTERPRETED)

@@ -17,6 +17,7 @@ from videosys.kernels.modulation import (
     add_layer_norm_modulate,
     apply_gate,
     apply_gate_and_add,
+    apply_gate_and_add_float8,
     apply_gate_reference,
     layer_norm_modulate,
     layer_norm_modulate_float8,
@@ -25,7 +26,7 @@ from videosys.kernels.modulation import (
 )
 from videosys.kernels.rms_norm import rms_norm_rows, rms_norm_rows_applies
 
-__all__ = ["RMSNorm", "add_norm_modulate", "gated", "gated_add", "modulate", "norm_modulate"]
+__all__ = ["RMSNorm", "add_norm_modulate", "gated", "gated_add", "gated_add_float8", "modulate", "norm_modulate"]
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -117,6 +118,18 @@ def gated_add(
         return apply_gate_and_add(y, gate, residual)
     product = apply_gate_reference(y, gate)
     return residual + product, product
+
+
+def gated_add_float8(
+    y: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor, *, keep_product: bool, fused: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None, Float8Rows | None]:
+    """:func:`gated_add` and the sum as :class:`~videosys.kernels.float8.Float8Rows` from the same kernel pass
+    (:func:`videosys.kernels.modulation.apply_gate_and_add_float8`), for the float8 linear that reads the
+    updated stream next; ``None`` for the rows where that kernel does not apply (the linear then reads the
+    sum itself)."""
+    if _gate_kernel_applies(y, gate, residual, fused) and float8_applies(y):
+        return apply_gate_and_add_float8(y, gate, residual, product=keep_product)
+    return (*gated_add(y, gate, residual, keep_product=keep_product, fused=fused), None)
 
 
 def _gate_kernel_applies(y: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor | None, fused: bool) -> bool:

@@ -72,7 +72,7 @@ from ..config_values import is_int, is_number
 from ..layers.float8 import linear, mlp_gelu_tanh
 from ..layers.attention import scaled_dot_product
 from ..layers.embeddings import timestep_sinusoids
-from ..layers.norms import RMSNorm, add_norm_modulate, gated_add, modulate, norm_modulate
+from ..layers.norms import RMSNorm, add_norm_modulate, gated_add, gated_add_float8, modulate, norm_modulate
 from ..layers.rope import RotaryEmbedding, apply_rotary
 from ..weights import load_pretrained
 
@@ -373,12 +373,15 @@ class CrossAttention(nn.Module):
         #: (:func:`videosys.kernels.text_attention.text_attention`); ``False`` keeps torch's attention
         self.fused_kernel = True
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None = None,
+                x_rows: Float8Rows | None = None) -> torch.Tensor:
         """``x`` ``[B, N, C]`` attends to ``y`` ``[B, L, C]`` of the same sample; ``key_mask``: boolean
-        ``[B, L]`` (``True`` = valid token) or ``None`` when every token is valid."""
+        ``[B, L]`` (``True`` = valid token) or ``None`` when every token is valid; ``x_rows``: ``x`` as
+        float8 rows for ``q_linear`` (``--float8``), or ``None``."""
         b, n, c = x.shape
         length = y.shape[1]
-        q = self.q_linear(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        q = linear(self.q_linear, x if x_rows is None else x_rows).view(b, n, self.num_heads, self.head_dim)
+        q = q.transpose(1, 2)
         kv = self.kv_linear(y).view(b, length, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         k, v = kv.unbind(0)
         mask = None if key_mask is None else key_mask[:, None, None, :]
@@ -413,8 +416,9 @@ class STDiT3Block(nn.Module):
         self.float8 = False
 
     def float8_linears(self) -> list[nn.Linear]:
-        """The linears that read float8 rows when :attr:`float8` is on (the ``qkv`` and MLP linears)."""
-        return [self.attn.qkv, self.mlp.fc1, self.mlp.fc2]
+        """The linears that read float8 rows when :attr:`float8` is on: the ``qkv`` and MLP linears, and the
+        cross-attention's ``q_linear`` (fed by the self-attention's gate kernel)."""
+        return [self.attn.qkv, self.mlp.fc1, self.mlp.fc2, self.cross_attn.q_linear]
 
     # -- the broadcastable pieces (each returns what PAB keeps) -------------------------------------------
     def spatial_attention(
@@ -462,10 +466,14 @@ class STDiT3Block(nn.Module):
         parallel: ParallelState | None = None,
         *,
         keep_output: bool = True,
+        sum_rows: list[Float8Rows] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(x + out, out)`` with ``out = gate * attn(modulate(norm1(x)))`` (``None`` unless
         ``keep_output``): everything the self-attention costs, the spatial one's sequence-parallel
-        all-to-alls included, and the residual add in the gate's pass (``out`` is what PAB keeps)."""
+        all-to-alls included, and the residual add in the gate's pass (``out`` is what PAB keeps).
+
+        ``sum_rows`` (float8 blocks): a list that receives ``x + out`` as float8 rows from the gate's pass,
+        where its kernel applies, for the cross-attention's ``q_linear``."""
         # float8 rows do not travel through the spatial attention's all-to-alls
         float8 = self.float8 and (self.temporal or not _sp_state(parallel).sp_enabled)
         h = norm_modulate(self.norm1, x, shift, scale, fused=self.fused_kernel, float8=float8)
@@ -473,11 +481,17 @@ class STDiT3Block(nn.Module):
             h = self.temporal_attention(h, frames, rope)
         else:
             h = self.spatial_attention(h, frames, tokens, parallel)
+        if sum_rows is not None:
+            total, product, rows = gated_add_float8(h, gate, x, keep_product=keep_output, fused=self.fused_kernel)
+            sum_rows.extend([] if rows is None else [rows])
+            return total, product
         return gated_add(h, gate, x, keep_product=keep_output, fused=self.fused_kernel)
 
-    def cross_attention(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        """Cross-attention output (no norm, no gate; kept by PAB)."""
-        return self.cross_attn(x, y, key_mask)
+    def cross_attention(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None,
+                        x_rows: Float8Rows | None = None) -> torch.Tensor:
+        """Cross-attention output (no norm, no gate; kept by PAB); ``x_rows``: ``x`` as float8 rows or
+        ``None``."""
+        return self.cross_attn(x, y, key_mask, x_rows)
 
     def feed_forward(
         self, x: torch.Tensor, cross: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor,
@@ -522,18 +536,24 @@ class STDiT3Block(nn.Module):
         site = self.kind
 
         x_attn_in = x
+        # float8: the self-attention's gate pass also writes its sum as the cross-attention's float8 input
+        # (nothing when PAB broadcasts the self-attention: q_linear then reads the sum in bf16)
+        sum_rows: list[Float8Rows] | None = [] if self.float8 else None
         x = run_residual(
             pab,
             self.kind,
             block,
             x,
             lambda keep: self.self_attention(
-                x_attn_in, shift_msa, scale_msa, gate_msa, frames, tokens, rope, parallel, keep_output=keep
+                x_attn_in, shift_msa, scale_msa, gate_msa, frames, tokens, rope, parallel, keep_output=keep,
+                sum_rows=sum_rows,
             ),
         )
 
         x_cross_in = x
-        cross = run_module(pab, "cross", block, lambda: self.cross_attention(x_cross_in, y, key_mask), site=site)
+        x_rows = sum_rows[0] if sum_rows else None
+        cross = run_module(pab, "cross", block, lambda: self.cross_attention(x_cross_in, y, key_mask, x_rows),
+                           site=site)
 
         # the MLP's residual is x + cross: its norm kernel makes the sum; a broadcast MLP adds it here
         return run_residual(
