@@ -5,6 +5,7 @@ many times each model called the kernel)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
@@ -35,12 +36,13 @@ def kernel_cases() -> dict[str, float]:
                 empty = masks["keys"].clone()
                 empty[1] = False
                 masks["empty sample"] = empty
-            for name, mask in masks.items():
-                got = text_attention(q, k, v, mask)
+            # block_n 16: the captions of more than 16 keys take the key loop (online softmax); 64: one block
+            for (name, mask), block_n in itertools.product(masks.items(), (16, 64)):
+                got = text_attention(q, k, v, mask, block_n=block_n, tiles_per_program=2)
                 want = text_attention_reference(q, k, v, mask)
                 assert got.shape == want.shape == (b, h, lq, d) and got.dtype == dtype
                 assert got.transpose(1, 2).is_contiguous()  # the [B, L_q, H, D] memory order
-                key = f"{b}x{h}x{lq}x{lk}x{d} {str(dtype)[6:]} mask={name}"
+                key = f"{b}x{h}x{lq}x{lk}x{d} {str(dtype)[6:]} mask={name} block_n={block_n}"
                 out[key] = (got.float() - want.float()).abs().max().item()
                 if name == "empty sample":
                     out[key + " empty sample abs max"] = got[1].float().abs().max().item()
@@ -50,9 +52,10 @@ def kernel_cases() -> dict[str, float]:
                 out[key + " vs sdpa float32"] = (got.float() - sdpa).abs().max().item()
     q, k, v = (torch.randn(2, 2, 100, 72, generator=g) for _ in range(3))
     want = text_attention_reference(q, k, v)
-    for block_m, block_n, warps in ((16, 16, 1), (64, 64, 2)):  # other launches
-        got = text_attention(q, k, v, block_m=block_m, block_n=block_n, num_warps=warps)
-        out[f"launch {block_m}x{block_n}, {warps} warps float32"] = (got - want).abs().max().item()
+    for block_m, tiles, stages, warps in ((16, 1, 1, 1), (128, 3, 3, 8)):  # other launches
+        got = text_attention(q, k, v, block_m=block_m, tiles_per_program=tiles, num_stages=stages, num_warps=warps)
+        out[f"launch {block_m} x {tiles} tiles, {stages} stages, {warps} warps float32"] = \
+            (got - want).abs().max().item()
     return out
 
 

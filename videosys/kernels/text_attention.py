@@ -44,9 +44,13 @@ MAX_KEYS = 512
 MIN_QUERIES = 64
 #: The widest head it takes.
 MAX_HEAD_DIM = 128
-#: Launch: queries per program, keys per step, warps.
-BLOCK_M = 128
-BLOCK_N = 32
+#: Launch: queries per tile, keys per step (a caption of at most this many keys is held whole: one key
+#: block, loaded once per program), query tiles per program (walked in a software-pipelined loop of
+#: ``NUM_STAGES`` stages), warps.
+BLOCK_M = 64
+BLOCK_N = 64
+TILES_PER_PROGRAM = 4
+NUM_STAGES = 2
 NUM_WARPS = 4
 
 
@@ -111,12 +115,15 @@ def text_attention(
     *,
     block_m: int = BLOCK_M,
     block_n: int = BLOCK_N,
+    tiles_per_program: int = TILES_PER_PROGRAM,
+    num_stages: int = NUM_STAGES,
     num_warps: int = NUM_WARPS,
 ) -> torch.Tensor:
     """``softmax(q k^T / sqrt(D)) v`` for ``q`` ``[B, H, L_q, D]`` and ``k`` / ``v`` ``[B, H, L_k, D]`` (any
     strides with contiguous channels), in one Triton kernel -> ``[B, H, L_q, D]``, a view of a contiguous
     ``[B, L_q, H, D]`` tensor. ``mask``: boolean key mask ``[B or 1, 1, 1, L_k]`` / ``[B or 1, L_k]``
-    (``True`` = attend) or ``None``. ``block_m`` / ``block_n`` (powers of two, at least 16) / ``num_warps``:
+    (``True`` = attend) or ``None``. ``block_m`` / ``block_n`` (powers of two, at least 16; a caption of
+    at most ``block_n`` keys is one key block) / ``tiles_per_program`` / ``num_stages`` / ``num_warps``:
     launch tuning. Only for inputs :func:`text_attention_applies` accepts (the Triton interpreter also runs
     it on CPU tensors, for tests)."""
     if q.ndim != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
@@ -133,6 +140,9 @@ def text_attention(
     for name, size in (("block_m", block_m), ("block_n", block_n)):
         if size < 16 or size & (size - 1):
             raise ValueError(f"{name} must be a power of two of at least 16, got {size}")
+    if tiles_per_program < 1 or num_stages < 1:
+        raise ValueError(f"tiles_per_program and num_stages must be positive, got {tiles_per_program}, "
+                         f"{num_stages}")
     out = torch.empty((b, lq, h, head_dim), device=q.device, dtype=q.dtype).transpose(1, 2)
     if out.numel() == 0:
         return out
@@ -140,18 +150,21 @@ def text_attention(
         raise ValueError("attention needs at least one key")
     block_d = max(16, 1 << (head_dim.bit_length() - 1))
     rest = head_dim - block_d
-    block_d_rest = max(16, next_power_of_2(rest)) if rest > 0 else 0
+    block_d_rest = max(16, next_power_of_2(rest))
     if rows is not None and rows.stride(-1) != 1:
         rows = rows.contiguous()
     mask_rows = q if rows is None else rows.view(torch.uint8)  # an unused pointer without a mask
     mask_stride = 0 if rows is None or rows.shape[0] == 1 else rows.stride(0)
-    _kernel()[(cdiv(lq, block_m), b * h)](
+    one_key_block = lk <= block_n
+    if one_key_block:  # the whole caption in one block, no wider than it needs
+        block_n = max(16, next_power_of_2(lk))
+    _kernel()[(cdiv(cdiv(lq, block_m), tiles_per_program), b * h)](
         q, k, v, out, mask_rows,
         h, lq, lk,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], mask_stride,
         1.0 / math.sqrt(head_dim),
         HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_D_REST=block_d_rest,
-        MASKED=rows is not None,
+        HAS_REST=rest > 0, MASKED=rows is not None, ONE_KEY_BLOCK=one_key_block, NUM_STAGES=num_stages,
         DOT_FP32=q.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1",
         num_warps=num_warps,
     )
