@@ -88,7 +88,7 @@ class GraphedDenoiser:
         self._per_call = {kind: self.run.stats.computed[kind] - n for kind, n in before.items()}
         self.graph, self._inputs, self._output = graph, static, output
         graph.replay()
-        logger.debug("denoiser call captured in a CUDA graph (%d inputs)", len(static))
+        logger.info("denoiser call captured in a CUDA graph: the request's other calls replay it")
         return output.clone()
 
     def _replay(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
