@@ -131,3 +131,23 @@ def test_graphed_requests_match_eager_ones(model: str, monkeypatch: pytest.Monke
     VideoSysEngine(model, weights=weights, device="cpu", progress=False, cuda_graphs=False).generate(
         "a cat", steps=4, seed=3, **size)
     assert len(graphs) == 1
+
+
+def test_bench_counts_every_call_of_graphed_requests(monkeypatch: pytest.MonkeyPatch, tiny_latte_dir) -> None:
+    """The harness counts a request's denoiser calls (and one call's FLOPs) on a request without replays:
+    a replayed call never enters the model's forward."""
+    from videosys.bench.harness import run_bench
+    from videosys.pipelines import base
+
+    runs: list = []
+
+    def forced(device, world_size, compiled, run) -> bool:
+        runs.append(run)
+        return cuda_graph.graphs_apply(CUDA, world_size, compiled, run)
+
+    monkeypatch.setattr(base, "graphs_apply", forced)
+    graphs = emulate_capture(monkeypatch, runs)
+    report = run_bench("latte", weights=str(tiny_latte_dir), device="cpu", pab=[], repeats=1, warmup=0,
+                       overrides={"steps": 4})
+    assert len(graphs) == 1  # the timed request replayed; the counting one did not
+    assert report.denoiser_calls == 4 and report.call_tflop > 0
