@@ -9,9 +9,6 @@ compiled denoiser call could still save time (docs/benchmarks.md, fifth session)
   the torch path (eager and compiled) against the fused Triton kernel (:mod:`videosys.kernels`), each
   against the same block in float32;
 * Latte's temporal self-attention (16 frames, fp16): the torch path against the fused kernel;
-* the cross-attention over a caption at Open-Sora's (bf16) and Latte's (fp16) shapes, for captions of 12 to
-  300 tokens: torch's attention (cuDNN first, as the models ran it) against the text attention kernel
-  (:mod:`videosys.kernels.text_attention`) and its launch sweep;
 * the blocks' layer norm + adaLN modulation (also after a residual add, in one kernel) and gate (+ residual)
   at Open-Sora's (bf16) and Latte's (fp16) token shapes: the torch path against the Triton kernels of
   :mod:`videosys.kernels.modulation`;
@@ -51,8 +48,7 @@ from videosys.kernels.modulation import (
     layer_norm_modulate_reference,
 )
 from videosys.kernels.rms_norm import rms_norm_rows
-from videosys.kernels.text_attention import text_attention, text_attention_reference
-from videosys.models.layers.attention import Attention, scaled_dot_product
+from videosys.models.layers.attention import Attention
 from videosys.models.layers.float8 import linear, mlp_gelu_tanh
 from videosys.models.layers.rope import RotaryEmbedding
 from videosys.models.opensora.stdit3 import STDiT3Block
@@ -231,36 +227,6 @@ MODULATION_SHAPES = {"Open-Sora 480p 2s": ((2, 15 * 1590, HIDDEN), torch.bfloat1
                      "Latte 16 x 512 x 512": ((32, 1024, HIDDEN), torch.float16)}
 
 
-def bench_text_attention(scale: float, device: str, repeats: int, cuda: bool) -> None:
-    """The cross-attention over a caption: ``q`` as the q linear's ``[B, L, H, D]`` output viewed per head,
-    ``k`` / ``v`` as halves of one kv projection (STDiT3's layout); torch's attention against the kernel."""
-    shapes = {"Open-Sora 480p 2s": (2, 16, 15 * 1590, 72, torch.bfloat16),
-              "Latte 512 16 frames": (32, 16, 1024, 72, torch.float16)}
-    for name, (b, h, lq, d, dtype) in shapes.items():
-        lq = max(64, int(lq * scale))
-        if not cuda:
-            dtype = torch.float32
-        for keys in (12, 64, 120, 300):
-            q = torch.randn(b, lq, h, d, device=device, dtype=dtype).transpose(1, 2)
-            k, v = torch.randn(b, keys, 2, h, d, device=device, dtype=dtype).permute(2, 0, 3, 1, 4).unbind(0)
-            mask = torch.ones(b, 1, 1, keys, dtype=torch.bool, device=device)
-            mask[0, ..., keys // 2:] = False  # the shorter of two captions
-            logger.info("%s cross-attention, q %s, %d caption tokens:", name, [b, h, lq, d], keys)
-            want = text_attention_reference(q, k, v)
-            timed("torch attention", functools.partial(scaled_dot_product, q, k, v), want, repeats, cuda)
-            timed("kernel", functools.partial(text_attention, q, k, v), want, repeats, cuda)
-            want = text_attention_reference(q, k, v, mask)
-            timed("torch attention, masked", functools.partial(scaled_dot_product, q, k, v, mask), want, repeats,
-                  cuda)
-            timed("kernel, masked", functools.partial(text_attention, q, k, v, mask), want, repeats, cuda)
-            if cuda and keys in (12, 120):
-                for block_m, block_n, warps in ((64, 16, 4), (64, 32, 4), (128, 16, 4), (128, 32, 8),
-                                                (128, 64, 4), (128, 64, 8), (256, 32, 8)):
-                    timed(f"  {block_m} queries x {block_n} keys, {warps} warps", functools.partial(
-                        text_attention, q, k, v, block_m=block_m, block_n=block_n, num_warps=warps), want=None,
-                        repeats=repeats, cuda=cuda)
-
-
 def bench_modulation(scale: float, device: str, repeats: int, cuda: bool) -> None:
     """norm + modulation and gate (+ residual): the torch path and the Triton kernels (CUDA only), each
     against the float32 computation."""
@@ -309,8 +275,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--scale", type=float, default=1.0, help="shrink the shapes (a CPU dry run: e.g. 0.01)")
     ap.add_argument("--only", default=None,
-                    help="comma-separated sections to run (rms, gelu, temporal, short, text, modulation, "
-                         "float8; default all)")
+                    help="comma-separated sections to run (rms, gelu, temporal, short, modulation, float8; "
+                         "default all)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cuda = torch.cuda.is_available()
@@ -322,7 +288,6 @@ def main() -> None:
         "gelu": lambda: bench_gelu_epilogue(tokens, device, dtype, args.repeats, cuda),
         "temporal": lambda: bench_temporal_attention(args.scale, device, dtype, args.repeats, cuda),
         "short": lambda: bench_short_self_attention(args.scale, device, args.repeats, cuda),
-        "text": lambda: bench_text_attention(args.scale, device, args.repeats, cuda),
         "modulation": lambda: bench_modulation(args.scale, device, args.repeats, cuda),
         "float8": lambda: bench_fp8(tokens, device, dtype, args.repeats, cuda),
     }

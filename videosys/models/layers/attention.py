@@ -19,7 +19,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from videosys.kernels import fused_temporal_attention, fused_temporal_attention_applies
 from videosys.kernels.float8 import Float8Rows
-from videosys.kernels.text_attention import text_attention, text_attention_applies
 
 from .float8 import linear, stacked_linear
 
@@ -88,21 +87,15 @@ def scaled_dot_product(
     k: torch.Tensor,
     v: torch.Tensor,
     mask: Optional[torch.Tensor] = None,
-    *,
-    fused: bool = False,
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(head_dim)) v for ``[B, H, S, D]`` tensors; returns ``[B, H, S_q, D]``.
 
     ``mask`` (boolean, ``True`` = attend) broadcasts as ``[B, 1 or H, S_q or 1, S_kv]``.
-    With ``fused``, many queries over a few keys (a cross-attention over a caption) run as one Triton
-    kernel where :func:`videosys.kernels.text_attention.text_attention_applies`. Else on flash-attn when
-    :func:`select_backend` says so; on CUDA as two matmuls when both sequences are at most
-    :data:`SHORT_SEQUENCE` long, or torch SDPA in :data:`CUDA_SDPA_ORDER`; on the CPU torch SDPA.
+    Runs on flash-attn when :func:`select_backend` says so; else on CUDA as two matmuls when both sequences
+    are at most :data:`SHORT_SEQUENCE` long, or torch SDPA in :data:`CUDA_SDPA_ORDER`; on the CPU torch SDPA.
     """
     if mask is not None and mask.dtype != torch.bool:
         raise TypeError(f"attention mask must be boolean (True = attend), got {mask.dtype}")
-    if fused and text_attention_applies(q, k, v, mask):
-        return text_attention(q, k, v, mask)
     if select_backend(q, mask) == FLASH:
         flash = _flash_attn_func()
         assert flash is not None
@@ -167,8 +160,7 @@ class Attention(nn.Module):
         # parameterless dropout).
         self.to_out = nn.ModuleList([nn.Linear(self.inner_dim, query_dim, bias=out_bias)])
         #: an unmasked self-attention over at most 64 tokens (the temporal blocks) runs as one fused kernel
-        #: where it applies (:meth:`short_self_attention`), a cross-attention over a caption as another
-        #: (:func:`videosys.kernels.text_attention.text_attention`); ``False`` keeps the torch path
+        #: where it applies (:meth:`short_self_attention`); ``False`` keeps the torch path
         self.fused_kernel = True
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -207,7 +199,7 @@ class Attention(nn.Module):
                     f"got {list(attention_mask.shape)}"
                 )
             mask = attention_mask.to(torch.bool)[:, None, None, :]
-        out = scaled_dot_product(q, k, v, mask, fused=self.fused_kernel and self.is_cross_attention)
+        out = scaled_dot_product(q, k, v, mask)
         b, _, s, _ = out.shape
         out = out.transpose(1, 2).reshape(b, s, self.inner_dim).to(q.dtype)
         return self.to_out[0](out)

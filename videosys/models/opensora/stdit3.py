@@ -369,9 +369,6 @@ class CrossAttention(nn.Module):
         self.q_linear = nn.Linear(dim, dim)
         self.kv_linear = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
-        #: the attention over the caption as one Triton kernel where it applies
-        #: (:func:`videosys.kernels.text_attention.text_attention`); ``False`` keeps torch's attention
-        self.fused_kernel = True
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None = None,
                 x_rows: Float8Rows | None = None) -> torch.Tensor:
@@ -385,7 +382,7 @@ class CrossAttention(nn.Module):
         kv = self.kv_linear(y).view(b, length, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         k, v = kv.unbind(0)
         mask = None if key_mask is None else key_mask[:, None, None, :]
-        out = scaled_dot_product(q, k, v, mask, fused=self.fused_kernel)
+        out = scaled_dot_product(q, k, v, mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
