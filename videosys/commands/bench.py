@@ -52,8 +52,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
                            device=args.device, weights=args.weights, pab_cache=args.pab_cache,
                            engine_kwargs={**pool_kwargs(args), "compile": args.compile,
                                           "offload_text_encoder": args.offload_text_encoder,
-                                          "fused_kernels": args.fused_kernels, "float8": args.float8,
-                                          "cuda_graphs": args.cuda_graphs})
+                                          "fused_kernels": args.fused_kernels, "float8": args.float8})
         print(report.markdown() + "\n")
         out[model] = report.as_dict()
     if args.compare_diffusers:
