@@ -5,7 +5,10 @@ Hopper and Ada GPUs multiply e4m3 matrices about 1.3-1.6x faster than bf16 ones 
 the GEMM saves. Here the quantize happens where the activation is made: the layer norm + modulation kernel
 (:func:`videosys.kernels.modulation.layer_norm_modulate_float8`) writes the modulated tokens as e4m3 with
 one float32 scale per row, which feed the self-attention's ``qkv`` and the MLP's first linear; the MLP's
-GELU runs in :func:`quantize_rows` (``gelu=True``), which writes the second linear's input the same way.
+GELU runs in :func:`quantize_rows` (``gelu=True``), which writes the second linear's input the same way;
+STDiT3's self-attention gate + residual kernel
+(:func:`videosys.kernels.modulation.apply_gate_and_add_float8`) writes the updated stream's rows for the
+cross-attention's q linear (a separate quantize pass there would cost what the float8 GEMM saves).
 
 * :class:`Float8Rows`: e4m3 ``values [..., K]`` and a float32 ``scale [rows, 1]``, ``values * scale`` the
   activation (one scale per row: a token's channels share it);
