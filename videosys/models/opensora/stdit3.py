@@ -480,7 +480,8 @@ class STDiT3Block(nn.Module):
             h = self.spatial_attention(h, frames, tokens, parallel)
         if sum_rows is not None:
             total, product, rows = gated_add_float8(h, gate, x, keep_product=keep_output, fused=self.fused_kernel)
-            sum_rows.extend([] if rows is None else [rows])
+            if rows is not None:
+                sum_rows.append(rows)
             return total, product
         return gated_add(h, gate, x, keep_product=keep_output, fused=self.fused_kernel)
 
@@ -534,7 +535,8 @@ class STDiT3Block(nn.Module):
 
         x_attn_in = x
         # float8: the self-attention's gate pass also writes its sum as the cross-attention's float8 input
-        # (nothing when PAB broadcasts the self-attention: q_linear then reads the sum in bf16)
+        # (nothing when PAB broadcasts the self-attention: q_linear then reads the sum in bf16; unused when
+        # PAB broadcasts the cross-attention)
         sum_rows: list[Float8Rows] | None = [] if self.float8 else None
         x = run_residual(
             pab,
