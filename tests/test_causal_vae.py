@@ -488,7 +488,8 @@ def test_tiled_decode_is_not_the_untiled_decode(tiny: CausalVAE) -> None:
     causal = _frame_local(model)
     z = _latent(10, 3, 3)  # time tiling only: chunks (0,4) (3,7) (6,10); 3 x 3 latent pixels: one tile
     tiled, whole = causal.decode(z), causal.decode(z, tiled=False)
-    torch.testing.assert_close(tiled[:, :, :10], whole[:, :, :10], rtol=0, atol=1e-6)
+    # float32 convolutions over a chunk and over the whole sum in orders that differ with the CPU's kernels
+    torch.testing.assert_close(tiled[:, :, :10], whole[:, :, :10], rtol=0, atol=2e-5)
     assert not torch.allclose(tiled[:, :, 10:13], whole[:, :, 10:13], atol=1e-3)
     assert not torch.allclose(tiled[:, :, 13:], whole[:, :, 13:], atol=1e-3)
     tiled, whole = model.decode(z), model.decode(z, tiled=False)

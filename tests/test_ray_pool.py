@@ -108,7 +108,7 @@ def test_killed_rank_is_a_worker_error_and_the_next_request_succeeds(tiny_latte_
         timer.start()
         try:
             with pytest.raises(WorkerError) as info:
-                engine.generate("a slow request", steps=400, seed=1)
+                engine.generate("a slow request", steps=1000, seed=1)  # longer than the 3 s before the kill
         finally:
             timer.cancel()
         assert time.monotonic() - start < 120, "the failure must surface within the pool's timeout"
@@ -188,7 +188,7 @@ with VideoSysEngine("latte", weights=sys.argv[1], device="cpu", progress=False, 
     engine.load()
     print("pids", *engine._executor.worker_pids(), flush=True)
     try:
-        engine.generate("a long request", steps=400, seed=1)
+        engine.generate("a long request", steps=1000, seed=1)  # longer than the 3 s before the interrupt
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         raise
