@@ -14,7 +14,8 @@ compiled denoiser call could still save time (docs/benchmarks.md, fifth session)
   :mod:`videosys.kernels.modulation`;
 * each linear of a block (``qkv``, ``proj``, ``fc1``, ``fc2``) in bf16 against float8 e4m3 with a scale per
   token and per output channel (``torch._scaled_mm``), and what quantizing the activations costs; a block's
-  norm + MLP and norm + ``qkv`` in bf16 and in float8 as ``--float8`` runs them (:mod:`videosys.kernels.float8`).
+  norm + MLP, norm + ``qkv`` and gate + cross-attention ``q_linear`` in bf16 and in float8 as ``--float8``
+  runs them (:mod:`videosys.kernels.float8`).
 
     python scripts/bench_kernels.py [--repeats 20]
 """
@@ -143,7 +144,7 @@ def bench_fp8(tokens: int, device: str, dtype: torch.dtype, repeats: int, cuda: 
         # the self-attention's gate pass, then the cross-attention's q linear (a [C, C] linear: proj's shape)
         q_linear = layers["proj"]
         y, residual = torch.randn_like(x), torch.randn_like(x)
-        gate = (torch.randn(2, 1, HIDDEN, device=device, dtype=dtype) * 0.3)
+        gate = torch.randn(2, 1, HIDDEN, device=device, dtype=dtype) * 0.3
         want = q_linear(apply_gate_and_add(y, gate, residual)[0])
         logger.info("a block's gate + residual (product kept) + cross-attention q linear, tokens %s:", list(x.shape))
         timed("bf16", lambda: q_linear(apply_gate_and_add(y, gate, residual)[0]), want, repeats, cuda)
