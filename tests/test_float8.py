@@ -34,12 +34,13 @@ from videosys.testing.tiny_stdit3 import make_stdit3
 def test_float8_kernels_match_the_torch_quantization_in_the_interpreter() -> None:
     errors = run_in_interpreter("interpret_float8.py")
     # per block (2 spatial, 2 temporal): the two norms write e4m3 rows, the MLP's GELU quantizes fc2's input;
-    # linears: an STDiT3 spatial block's q, k, v, fc1, fc2 (5), a temporal block's one qkv, fc1, fc2 (3), and
-    # every STDiT3 block's cross-attention q_linear, fed by its self-attention's gate kernel; every Latte
-    # block's stacked qkv (its self-attentions are short: the fused path), fc1, fc2
-    linears = {"stdit3": 2 * 5 + 2 * 3 + 4, "latte": 4 * 3}
-    gates = {"stdit3": 4, "latte": 0}
-    for model in ("stdit3", "latte"):
+    # linears: an STDiT3 spatial block's q, k, v, fc1, fc2 (5), a temporal block's one qkv, fc1, fc2 (3);
+    # unfolded (its caption attended through q_linear) also every STDiT3 block's cross-attention q_linear,
+    # fed by its self-attention's gate kernel (folded, no q and no float8 rows); every Latte block's stacked
+    # qkv (its self-attentions are short: the fused path), fc1, fc2
+    linears = {"stdit3": 2 * 5 + 2 * 3, "stdit3 unfolded": 2 * 5 + 2 * 3 + 4, "latte": 4 * 3}
+    gates = {"stdit3": 0, "stdit3 unfolded": 4, "latte": 0}
+    for model in ("stdit3", "stdit3 unfolded", "latte"):
         assert errors.pop(f"{model} norm calls") == 8
         assert errors.pop(f"{model} gate calls") == gates[model]
         assert errors.pop(f"{model} quantize calls") == 4

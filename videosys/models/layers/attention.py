@@ -21,6 +21,7 @@ from videosys.kernels import fused_temporal_attention, fused_temporal_attention_
 from videosys.kernels.float8 import Float8Rows
 
 from .float8 import linear, stacked_linear
+from .folded_attention import folded_cross_attention, folds
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,9 @@ class Attention(nn.Module):
         #: an unmasked self-attention over at most 64 tokens (the temporal blocks) runs as one fused kernel
         #: where it applies (:meth:`short_self_attention`); ``False`` keeps the torch path
         self.fused_kernel = True
+        #: a cross-attention to a short context runs through the folded projections where that pays
+        #: (:mod:`videosys.models.layers.folded_attention`); ``False`` keeps the unfolded path
+        self.fold_short_context = True
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
@@ -188,17 +192,26 @@ class Attention(nn.Module):
         ):
             return self.short_self_attention(hidden_states)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if attention_mask is not None and (
+            attention_mask.ndim != 2 or attention_mask.shape != (context.shape[0], context.shape[1])
+        ):
+            raise ValueError(
+                f"attention_mask must be [batch, kv_len] = {[context.shape[0], context.shape[1]]}, "
+                f"got {list(attention_mask.shape)}"
+            )
+        key_mask = None if attention_mask is None else attention_mask.to(torch.bool)
+        if (
+            encoder_hidden_states is not None
+            and self.fold_short_context
+            and not isinstance(hidden_states, Float8Rows)
+            and folds(hidden_states, self.heads, context.shape[1], self.parameters())
+        ):
+            k, v = linear(self.to_k, context), linear(self.to_v, context)
+            return folded_cross_attention(hidden_states, k, v, self.to_q, self.to_out[0], self.heads, key_mask)
         q = self._split_heads(linear(self.to_q, hidden_states))
         k = self._split_heads(linear(self.to_k, context))
         v = self._split_heads(linear(self.to_v, context))
-        mask = None
-        if attention_mask is not None:
-            if attention_mask.ndim != 2 or attention_mask.shape != (context.shape[0], context.shape[1]):
-                raise ValueError(
-                    f"attention_mask must be [batch, kv_len] = {[context.shape[0], context.shape[1]]}, "
-                    f"got {list(attention_mask.shape)}"
-                )
-            mask = attention_mask.to(torch.bool)[:, None, None, :]
+        mask = None if key_mask is None else key_mask[:, None, None, :]
         out = scaled_dot_product(q, k, v, mask)
         b, _, s, _ = out.shape
         out = out.transpose(1, 2).reshape(b, s, self.inner_dim).to(q.dtype)

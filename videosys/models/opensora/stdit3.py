@@ -72,6 +72,7 @@ from ..config_values import is_int, is_number
 from ..layers.float8 import linear, mlp_gelu_tanh
 from ..layers.attention import scaled_dot_product
 from ..layers.embeddings import timestep_sinusoids
+from ..layers.folded_attention import folded_cross_attention, folds
 from ..layers.norms import RMSNorm, add_norm_modulate, gated_add, gated_add_float8, modulate, norm_modulate
 from ..layers.rope import RotaryEmbedding, apply_rotary
 from ..weights import load_pretrained
@@ -369,14 +370,25 @@ class CrossAttention(nn.Module):
         self.q_linear = nn.Linear(dim, dim)
         self.kv_linear = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
+        #: a short caption is attended through the folded projections where that pays
+        #: (:mod:`videosys.models.layers.folded_attention`); ``False`` keeps the unfolded path
+        self.fold_short_context = True
+
+    def folds(self, x: torch.Tensor, keys: int) -> bool:
+        """Whether tokens like ``x`` attend a caption of ``keys`` tokens folded
+        (:func:`videosys.models.layers.folded_attention.folds`)."""
+        return self.fold_short_context and folds(x, self.num_heads, keys, self.parameters())
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None = None,
                 x_rows: Float8Rows | None = None) -> torch.Tensor:
         """``x`` ``[B, N, C]`` attends to ``y`` ``[B, L, C]`` of the same sample; ``key_mask``: boolean
         ``[B, L]`` (``True`` = valid token) or ``None`` when every token is valid; ``x_rows``: ``x`` as
-        float8 rows for ``q_linear`` (``--float8``), or ``None``."""
+        float8 rows for ``q_linear`` (``--float8``), or ``None`` (unused when the caption :meth:`folds`)."""
         b, n, c = x.shape
         length = y.shape[1]
+        if self.folds(x, length):
+            k, v = self.kv_linear(y).chunk(2, dim=-1)
+            return folded_cross_attention(x, k, v, self.q_linear, self.proj, self.num_heads, key_mask)
         q = linear(self.q_linear, x if x_rows is None else x_rows).view(b, n, self.num_heads, self.head_dim)
         q = q.transpose(1, 2)
         kv = self.kv_linear(y).view(b, length, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -536,8 +548,8 @@ class STDiT3Block(nn.Module):
         x_attn_in = x
         # float8: the self-attention's gate pass also writes its sum as the cross-attention's float8 input
         # (nothing when PAB broadcasts the self-attention: q_linear then reads the sum in bf16; unused when
-        # PAB broadcasts the cross-attention)
-        sum_rows: list[Float8Rows] | None = [] if self.float8 else None
+        # PAB broadcasts the cross-attention; not made when the caption folds, which reads no q)
+        sum_rows: list[Float8Rows] | None = [] if self.float8 and not self.cross_attn.folds(x, y.shape[1]) else None
         x = run_residual(
             pab,
             self.kind,

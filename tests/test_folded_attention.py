@@ -1,0 +1,214 @@
+"""The folded short-context cross-attention: where it applies, that it is the unfolded module's function
+(fp32 to rounding; bf16 no less accurate), its masks, its bad input, its switch, and the models using it."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from support import run_in_interpreter
+
+from videosys.models.layers.attention import Attention
+from videosys.models.layers.folded_attention import (
+    folded_cross_attention,
+    folds,
+    use_folded_cross_attention,
+)
+from videosys.models.opensora.stdit3 import CrossAttention
+from videosys.testing.tiny_stdit3 import make_stdit3
+
+
+def _both(module: torch.nn.Module, *args: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """The module's output folded (its default) and unfolded."""
+    with torch.no_grad():
+        folded = module(*args)
+        use_folded_cross_attention(module, False)
+        unfolded = module(*args)
+        use_folded_cross_attention(module, True)
+    return folded, unfolded
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch, module: object) -> list[int]:
+    """Count the folded calls made through ``module``'s imported ``folded_cross_attention``."""
+    calls: list[int] = []
+    original = folded_cross_attention
+
+    def counted(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "folded_cross_attention", counted)
+    return calls
+
+
+def test_folds_on_the_cpu_where_the_thin_gemms_are_no_wider_than_the_projections() -> None:
+    x = torch.empty(1, 1152)
+    assert folds(x, 16, 72, 1152)  # Open-Sora / Latte: captions of up to 72 tokens on the CPU
+    assert not folds(x, 16, 73, 1152)
+    assert not folds(x, 16, 0, 1152)
+    assert folds(torch.empty(2, 64), 4, 16, 64) and not folds(torch.empty(2, 64), 4, 17, 64)
+
+
+def test_the_gpu_path_applies_to_short_captions_of_half_cuda_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU path's rules (CUDA faked; the GPU runs are in docs/benchmarks.md): fp16 / bf16, Triton,
+    ``heads * keys`` at most the width, no autograd recording; on a CUDA tensor it is where :func:`folds`
+    folds. Rows of scores are padded past the bias column to 64."""
+    from videosys.kernels import folded_attention as kernel
+
+    class FakeCuda:
+        def __init__(self, dtype: torch.dtype = torch.bfloat16, width: int = 1152) -> None:
+            self.dtype, self.shape, self.is_cuda, self.requires_grad = dtype, (2, 10, width), True, False
+
+    monkeypatch.setattr(kernel, "triton_available", lambda: True)
+    applies = kernel.folded_attention_kernel_applies
+    assert applies(FakeCuda(), 16, 12) and applies(FakeCuda(torch.float16), 16, 72)
+    assert not applies(FakeCuda(), 16, 73) and not applies(FakeCuda(), 16, 0)
+    assert not applies(FakeCuda(torch.float32), 16, 12)
+    with torch.enable_grad():
+        assert not applies(FakeCuda(), 16, 12, [torch.zeros(1, requires_grad=True)])
+    assert folds(FakeCuda(), 16, 33) and not folds(FakeCuda(), 16, 80)  # type: ignore[arg-type]
+    monkeypatch.setattr(kernel, "triton_available", lambda: False)
+    assert not folds(FakeCuda(), 16, 33)  # type: ignore[arg-type]
+    assert kernel.folded_row_width(16, 33) == 576 and kernel.folded_row_width(16, 4) == 128
+    assert kernel.folded_row_width(1, 63) == 64
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_kernel_matches_the_unfolded_module_in_the_interpreter() -> None:
+    errors = run_in_interpreter("interpret_folded_attention.py")
+    for name in ("stdit3", "stdit3 no mask", "attention", "attention no biases"):
+        for dtype, bound in (("float16", 2e-3), ("bfloat16", 2e-2)):
+            key = f"{name} {dtype}"
+            assert errors[key + " kernel calls"] == 1, key
+            # as close to the float32 module as the unfolded module in that dtype is (the interpreter
+            # truncates float32 -> bf16 where the GPU rounds, so up to twice its rounding error there)
+            assert errors[key + " kernel"] < bound, key
+            assert errors[key + " kernel"] <= 2 * errors[key + " unfolded"], key
+
+
+def test_softmax_kernel_names_bad_arguments() -> None:
+    from videosys.kernels.folded_attention import head_softmax_rows
+
+    scores, bias = torch.zeros(1, 4, 64, dtype=torch.float16), torch.zeros(1, 48)
+    with pytest.raises(ValueError, match="contiguous"):
+        head_softmax_rows(scores.transpose(1, 2), bias, 4, 12, 1.0)
+    with pytest.raises(ValueError, match="bias column"):
+        head_softmax_rows(scores, torch.zeros(1, 64), 4, 16, 1.0)
+    with pytest.raises(ValueError, match="float32"):
+        head_softmax_rows(scores, bias.half(), 4, 12, 1.0)
+    with pytest.raises(ValueError, match="float32"):
+        head_softmax_rows(scores, torch.zeros(2, 48), 4, 12, 1.0)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_stdit3_cross_attention_folded_is_the_unfolded_function(masked: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from videosys.models.opensora import stdit3
+
+    calls = _spy(monkeypatch, stdit3)
+    torch.manual_seed(0)
+    module = CrossAttention(64, 4)
+    x, y = torch.randn(2, 40, 64), torch.randn(2, 9, 64)
+    mask = None
+    if masked:  # samples differ: 5 and 1 valid tokens
+        mask = torch.zeros(2, 9, dtype=torch.bool)
+        mask[0, :5] = True
+        mask[1, 3] = True
+    folded, unfolded = _both(module, x, y, mask)
+    assert calls == [1]  # the unfolded call did not fold
+    assert folded.shape == (2, 40, 64)
+    torch.testing.assert_close(folded, unfolded, rtol=0, atol=2e-6)
+    # a masked key changes nothing: cutting it away gives the same rows
+    if masked:
+        with torch.no_grad():
+            alone = module(x[1:], y[1:, 3:4])
+        torch.testing.assert_close(folded[1:], alone, rtol=0, atol=2e-6)
+
+
+def test_a_long_caption_takes_the_unfolded_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from videosys.models.opensora import stdit3
+
+    calls = _spy(monkeypatch, stdit3)
+    module = CrossAttention(64, 4)
+    x, y = torch.randn(1, 10, 64), torch.randn(1, 17, 64)  # 4 heads x 17 tokens > 64 channels
+    folded, unfolded = _both(module, x, y, None)
+    assert calls == []
+    assert torch.equal(folded, unfolded)
+    assert module.folds(x, 16) and not module.folds(x, 17)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_attention_module_folded_cross_attention_with_grouped_contexts(bias: bool,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from videosys.models.layers import attention
+
+    calls = _spy(monkeypatch, attention)
+    torch.manual_seed(1)
+    module = Attention(32, heads=2, dim_head=16, cross_attention_dim=24, bias=bias)
+    x, context = torch.randn(3, 20, 32), torch.randn(3, 7, 24)
+    # the middle group has no valid key: the attention gives zeros there, the module its output bias
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[0, 4:] = False
+    mask[1] = False
+    for m in (None, mask):
+        folded, unfolded = _both(module, x, context, m)
+        torch.testing.assert_close(folded, unfolded, rtol=0, atol=2e-6)
+    assert len(calls) == 2
+    torch.testing.assert_close(folded[1], module.to_out[0].bias.expand(20, 32).detach(), rtol=0, atol=1e-6)
+    # a self-attention never folds (its keys are its own tokens)
+    self_attention = Attention(32, heads=2, dim_head=16)
+    with torch.no_grad():
+        self_attention(torch.randn(1, 5, 32))
+    assert len(calls) == 2
+
+
+def test_bf16_folded_is_as_accurate_as_unfolded() -> None:
+    """Against the fp32 module, the bf16 folded form errs no more than the bf16 unfolded one (within 1.5x:
+    its A and B matrices are each rounded once, where the unfolded path rounds q, the attention output)."""
+    torch.manual_seed(2)
+    module = CrossAttention(128, 8)
+    x, y = torch.randn(2, 64, 128), torch.randn(2, 12, 128)
+    with torch.no_grad():
+        exact = module(x, y)
+    half = CrossAttention(128, 8).bfloat16()
+    half.load_state_dict(module.state_dict())
+    folded, unfolded = _both(half, x.bfloat16(), y.bfloat16(), None)
+    folded_error = (folded.float() - exact).norm() / exact.norm()
+    unfolded_error = (unfolded.float() - exact).norm() / exact.norm()
+    assert folded.dtype == torch.bfloat16
+    assert folded_error < 1.5 * unfolded_error and folded_error < 0.01, (folded_error, unfolded_error)
+
+
+def test_folded_cross_attention_names_bad_input() -> None:
+    q, out = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+    x, k = torch.randn(2, 5, 16), torch.randn(2, 3, 16)
+    with pytest.raises(ValueError, match="k and v"):
+        folded_cross_attention(x, k, torch.randn(2, 4, 16), q, out, heads=4)
+    with pytest.raises(ValueError, match="q_layer"):
+        folded_cross_attention(torch.randn(2, 5, 8), k, k, q, out, heads=4)
+    with pytest.raises(ValueError, match="mask must be boolean"):
+        folded_cross_attention(x, k, k, q, out, heads=4, mask=torch.ones(2, 3))
+    with pytest.raises(ValueError, match="mask must be boolean"):
+        folded_cross_attention(x, k, k, q, out, heads=4, mask=torch.ones(2, 4, dtype=torch.bool))
+
+
+def test_stdit3_model_folded_and_unfolded_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole tiny STDiT3 (a 6-token caption, one sample's last 2 tokens masked) with every block's
+    cross-attention folded, against the same model unfolded."""
+    from videosys.models.opensora import stdit3
+
+    calls = _spy(monkeypatch, stdit3)
+    model = make_stdit3(seed=0, num_heads=4, hidden_size=64)
+    assert use_folded_cross_attention(model) == 4  # one cross-attention per block
+    g = torch.Generator().manual_seed(1)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    inputs = {"x": torch.randn(2, 4, 3, 4, 6, generator=g), "timestep": torch.tensor([977.3, 40.0]),
+              "y": torch.randn(2, 6, 32, generator=g), "mask": mask}
+    with torch.no_grad():
+        folded = model(**inputs)
+        assert len(calls) == 4
+        use_folded_cross_attention(model, False)
+        unfolded = model(**inputs)
+    assert len(calls) == 4
+    torch.testing.assert_close(folded, unfolded, rtol=0, atol=1e-5)
