@@ -8,6 +8,7 @@ compiled denoiser call could still save time (docs/benchmarks.md, fifth session)
 * STDiT3's temporal attention at Open-Sora's 480p 2s shape (``[2, 15 x 1590, 1152]``, 16 heads of 72):
   the torch path (eager and compiled) against the fused Triton kernel (:mod:`videosys.kernels`), each
   against the same block in float32;
+* STDiT3's cross-attention to captions of 12-120 tokens, folded into its projections and unfolded;
 * Latte's temporal self-attention (16 frames, fp16): the torch path against the fused kernel;
 * the blocks' layer norm + adaLN modulation (also after a residual add, in one kernel) and gate (+ residual)
   at Open-Sora's (bf16) and Latte's (fp16) token shapes: the torch path against the Triton kernels of
@@ -38,6 +39,7 @@ from videosys.kernels.float8 import (
     quantize_rows,
     quantize_rows_reference,
 )
+from videosys.kernels.folded_attention import folded_row_width, head_softmax_rows
 from videosys.kernels.modulation import (
     add_layer_norm_modulate,
     apply_gate,
@@ -52,7 +54,7 @@ from videosys.kernels.rms_norm import rms_norm_rows
 from videosys.models.layers.attention import Attention
 from videosys.models.layers.float8 import linear, mlp_gelu_tanh
 from videosys.models.layers.rope import RotaryEmbedding
-from videosys.models.opensora.stdit3 import STDiT3Block
+from videosys.models.opensora.stdit3 import CrossAttention, STDiT3Block
 
 logger = logging.getLogger("bench_kernels")
 
@@ -197,6 +199,51 @@ def bench_temporal_attention(scale: float, device: str, dtype: torch.dtype, repe
             reference, repeats, cuda)
 
 
+def bench_cross_attention(scale: float, device: str, dtype: torch.dtype, repeats: int, cuda: bool) -> None:
+    """STDiT3's cross-attention at Open-Sora's 480p 2s token shape (``[2, 15 x 1590, 1152]``, 16 heads of
+    72) to captions of several lengths, unfolded (q_linear, the attention kernel, proj) and folded into its
+    projections where that applies (on the GPU cuBLAS GEMMs around :mod:`videosys.kernels.folded_attention`'s
+    softmax kernel), each against the unfolded float32 module; then the softmax kernel's launch settings."""
+    tokens = max(8, int(15 * 1590 * scale))
+    torch.manual_seed(0)
+    exact = CrossAttention(HIDDEN, 16).to(device).eval()
+    exact.fold_short_context = False  # the reference: the module as the checkpoint's authors wrote it
+    module = CrossAttention(HIDDEN, 16).to(device, dtype).eval()
+    module.load_state_dict(exact.state_dict())
+    x = torch.randn(2, tokens, HIDDEN, device=device)
+    logger.info("STDiT3 cross-attention, [2, %d, %d] to a caption of L tokens:", tokens, HIDDEN)
+    for length in (12, 33, 48, 72, 120):
+        y = torch.randn(2, length, HIDDEN, device=device)
+        with torch.no_grad():
+            want = exact(x, y)
+
+        def run(fold: bool, y: torch.Tensor = y) -> Callable[[], torch.Tensor]:
+            def call() -> torch.Tensor:
+                module.fold_short_context = fold
+                with torch.no_grad():
+                    return module(x.to(dtype), y.to(dtype))
+            return call
+
+        timed(f"L={length} unfolded", run(False), want, repeats, cuda)
+        module.fold_short_context = True
+        with torch.no_grad():
+            folds = module.folds(x.to(dtype), length)
+        if folds:
+            timed(f"L={length} folded", run(True), want, repeats, cuda)
+    if not cuda:
+        return
+    for length in (12, 33):
+        width = folded_row_width(16, length)
+        logger.info("  the softmax kernel alone (16 heads x %d keys, rows of %d), rows per program / warps:",
+                    length, width)
+        scores = torch.randn(2, tokens, width, device=device, dtype=dtype)
+        bias = torch.zeros(2, 16 * length, device=device)
+        for rows, warps in ((4, 4), (1, 1), (2, 2), (2, 4), (8, 4), (8, 8), (16, 8)):
+            timed(f"{rows} / {warps}", functools.partial(
+                head_softmax_rows, scores, bias, 16, length, 1.0, rows_per_program=rows, num_warps=warps),
+                None, repeats, cuda)
+
+
 def bench_short_self_attention(scale: float, device: str, repeats: int, cuda: bool) -> None:
     """Latte's temporal self-attention (``attn1`` of a temporal block: 2 x 1024 positions of 16 frames, fp16)
     on the torch path and as ``Attention.short_self_attention``, against the float32 module."""
@@ -276,7 +323,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--scale", type=float, default=1.0, help="shrink the shapes (a CPU dry run: e.g. 0.01)")
     ap.add_argument("--only", default=None,
-                    help="comma-separated sections to run (rms, gelu, temporal, short, modulation, float8; "
+                    help="comma-separated sections to run (rms, gelu, temporal, cross, short, modulation, float8; "
                          "default all)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -288,6 +335,7 @@ def main() -> None:
         "rms": lambda: bench_rms(args.scale, device, dtype, args.repeats, cuda),
         "gelu": lambda: bench_gelu_epilogue(tokens, device, dtype, args.repeats, cuda),
         "temporal": lambda: bench_temporal_attention(args.scale, device, dtype, args.repeats, cuda),
+        "cross": lambda: bench_cross_attention(args.scale, device, dtype, args.repeats, cuda),
         "short": lambda: bench_short_self_attention(args.scale, device, args.repeats, cuda),
         "modulation": lambda: bench_modulation(args.scale, device, args.repeats, cuda),
         "float8": lambda: bench_fp8(tokens, device, dtype, args.repeats, cuda),

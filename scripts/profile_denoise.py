@@ -12,6 +12,7 @@ Two modes:
 
     python scripts/profile_denoise.py --model opensora [--steps 3] [--top 30] [--compile] [--trace OUT.json]
     python scripts/profile_denoise.py --model opensora --denoiser-only [--calls 5] [--compile]
+                                      [--float8] [--no-fold] [--prompt TEXT]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from videosys import VideoSysEngine
+from videosys.models.layers.folded_attention import use_folded_cross_attention
 
 logger = logging.getLogger("profile")
 
@@ -54,8 +56,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def profile_denoiser(engine: VideoSysEngine, calls: int, top: int, trace: str | None) -> None:
-    denoiser, args, kwargs = capture_denoiser_call(engine, "a red panda eating bamboo")
+def profile_denoiser(engine: VideoSysEngine, prompt: str, calls: int, top: int, trace: str | None) -> None:
+    denoiser, args, kwargs = capture_denoiser_call(engine, prompt)
     with torch.inference_mode():
         for _ in range(2):  # warm-up (and compilation with --compile)
             denoiser(*args, **kwargs)
@@ -102,6 +104,10 @@ def main() -> None:
     ap.add_argument("--no-fused", action="store_true",
                     help="keep the torch path where a fused kernel applies (videosys.kernels), for an A/B")
     ap.add_argument("--float8", action="store_true", help="float8 block linears (videosys.kernels.float8)")
+    ap.add_argument("--no-fold", action="store_true",
+                    help="attend every caption unfolded (videosys.models.layers.folded_attention), for an A/B")
+    ap.add_argument("--prompt", default="a red panda eating bamboo",
+                    help="the caption (its token count decides whether the cross-attention folds)")
     ap.add_argument("--device", default="cuda", help="cuda (default), or cpu for a dry run of the script")
     ap.add_argument("--weights", default="random",
                     help="'random' (default: full size) or a checkpoint folder ('' the model's default weights)")
@@ -109,10 +115,12 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     engine = VideoSysEngine(args.model, weights=args.weights or None, device=args.device, progress=False,
                             compile=args.compile, fused_kernels=not args.no_fused, float8=args.float8)
+    if args.no_fold:
+        use_folded_cross_attention(engine._executor.pipeline.transformer, False)
     if args.denoiser_only:
-        profile_denoiser(engine, args.calls, args.top, args.trace)
+        profile_denoiser(engine, args.prompt, args.calls, args.top, args.trace)
         return
-    request = engine.make_request("a red panda eating bamboo", steps=args.steps, pab=args.pab)
+    request = engine.make_request(args.prompt, steps=args.steps, pab=args.pab)
     engine.generate_requests([request])  # warm-up
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         engine.generate_requests([request])

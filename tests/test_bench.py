@@ -18,6 +18,24 @@ def test_first_call_flops_counts_one_forward_only() -> None:
     assert counter.flops == 2 * 4 * 16 * 32
 
 
+def test_first_call_flops_counts_the_model_as_written_and_the_folded_call() -> None:
+    """The floor counts the cross-attention unfolded (q_linear, attention, proj); the call that runs folded
+    a short caption (two thin GEMMs) does fewer FLOPs; the fold is switched back on after the count."""
+    from videosys.models.opensora.stdit3 import CrossAttention
+
+    module = CrossAttention(64, 4)
+    x, y = torch.randn(1, 50, 64), torch.randn(1, 3, 64)
+    nominal = _FirstCallFlops(module, unfolded=True)
+    executed = _FirstCallFlops(module, skip_calls=1)
+    with torch.no_grad():
+        module(x, y)
+        assert module.fold_short_context
+        module(x, y)
+    q_and_proj = 2 * (2 * 50 * 64 * 64)
+    assert nominal.flops > q_and_proj > executed.flops > 0
+    assert executed.flops >= 2 * (2 * 50 * 64 * 4 * 3)  # the two thin GEMMs over the 4 heads x 3 keys
+
+
 def test_first_call_flops_counts_the_gelu_epilogue_gemm() -> None:
     """The MLP's GEMM with a GELU epilogue (eager CUDA) counts as the GEMM it is, like the plain form."""
     from videosys.models.layers.activations import linear_gelu_tanh

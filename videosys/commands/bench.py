@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile our denoisers' block pieces (the warm-up requests compile; default off)")
     p.add_argument("--offload-text-encoder", action="store_true",
                    help="text encoder in host memory between requests (its copy to the GPU is timed with it)")
+    p.add_argument("--prompt", default=None,
+                   help="the caption of every request (default: a short one; its length decides whether the "
+                        "cross-attention folds: at most 72 tokens for these models)")
     p.add_argument("--json", default=None, help="write the results here")
     from ..cli import add_fused_kernels_argument, add_pool_arguments
 
@@ -49,7 +52,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     out: dict[str, object] = {}
     for model in [m for m in args.model.split(",") if m]:
         report = run_bench(model, pab=presets, repeats=args.repeats, warmup=args.warmup, overrides=overrides,
-                           device=args.device, weights=args.weights, pab_cache=args.pab_cache,
+                           device=args.device, weights=args.weights, pab_cache=args.pab_cache, prompt=args.prompt,
                            engine_kwargs={**pool_kwargs(args), "compile": args.compile,
                                           "offload_text_encoder": args.offload_text_encoder,
                                           "fused_kernels": args.fused_kernels, "float8": args.float8})
