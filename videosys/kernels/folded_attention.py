@@ -23,8 +23,10 @@ from videosys.kernels.common import HALF_DTYPES, autograd_off, cdiv, next_power_
 
 __all__ = ["folded_attention_kernel_applies", "folded_row_width", "head_softmax_rows"]
 
-#: Rows per program and warps of :func:`head_softmax_rows` (launch tuning, docs/benchmarks.md).
-DEFAULT_ROWS_PER_PROGRAM, DEFAULT_NUM_WARPS = 4, 4
+#: Rows per program and warps of :func:`head_softmax_rows` for up to 16 keys a head, and for more (the
+#: fastest launches at Open-Sora's 480p shape on an H200, 16 heads: 12 keys 0.021 ms, 1 row / 1 warp 0.035;
+#: 33 keys 0.069 ms, 4 rows / 4 warps 0.124; ``scripts/bench_kernels.py --only cross``, eleventh session).
+SHORT_LAUNCH, LONG_LAUNCH = (4, 4), (1, 1)
 #: The scores' rows are padded to a multiple of this many columns (the GEMMs' tiles).
 ROW_ALIGN = 64
 
@@ -57,7 +59,7 @@ def head_softmax_rows(scores: torch.Tensor, bias: torch.Tensor, heads: int, keys
     ``h * keys + l`` become ``softmax_l(scores * scale + bias[g, h * keys + l])`` per head ``h``, column
     ``heads * keys`` becomes 1, the rest 0. ``bias`` float32 ``[G, heads * keys]`` (``-inf`` on masked keys;
     every head needs a finite one). Returns ``scores``. ``rows_per_program`` / ``num_warps``: launch tuning
-    (defaults :data:`DEFAULT_ROWS_PER_PROGRAM`, :data:`DEFAULT_NUM_WARPS`)."""
+    (defaults :data:`SHORT_LAUNCH` / :data:`LONG_LAUNCH`)."""
     if scores.ndim != 3 or not scores.is_contiguous() or scores.dtype not in HALF_DTYPES + (torch.float32,):
         raise ValueError(f"scores must be a contiguous [G, N, W] fp16 / bf16 / float32 tensor, got "
                          f"{scores.dtype} {list(scores.shape)}")
@@ -70,12 +72,13 @@ def head_softmax_rows(scores: torch.Tensor, bias: torch.Tensor, heads: int, keys
         raise ValueError(f"bias must be float32 [{g}, {columns}], got {bias.dtype} {list(bias.shape)}")
     rows = g * n
     if rows:
-        block_r = rows_per_program or DEFAULT_ROWS_PER_PROGRAM
+        default_rows, default_warps = SHORT_LAUNCH if keys <= 16 else LONG_LAUNCH
+        block_r = rows_per_program or default_rows
         _kernel()[(cdiv(rows, block_r),)](
             scores, bias.contiguous(), rows, n, width, scale,
             HEADS=heads, KEYS=keys, BLOCK_R=block_r, BLOCK_H=next_power_of_2(heads),
             BLOCK_L=next_power_of_2(keys), BLOCK_TAIL=next_power_of_2(width - columns),
-            num_warps=num_warps or DEFAULT_NUM_WARPS,
+            num_warps=num_warps or default_warps,
         )
     return scores
 

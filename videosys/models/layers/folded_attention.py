@@ -26,9 +26,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from videosys.kernels.folded_attention import folded_attention_kernel_applies, folded_row_width, head_softmax_rows
+from videosys.kernels.folded_attention import (
+    folded_attention_kernel_applies,
+    folded_row_width,
+    head_softmax_rows,
+)
 
 __all__ = ["folded_cross_attention", "folds", "use_folded_cross_attention"]
 
@@ -77,14 +82,14 @@ def folded_cross_attention(
     columns = heads * length
     if folded_attention_kernel_applies(x, heads, length, (*q_layer.parameters(), *out_layer.parameters())):
         # scores [G, N, W]: the H*L scores, the bias column, padding; B gets the output bias as its row H*L
+        # (one copy each: A^T padded with zero rows, read transposed by the GEMM; B with the bias row and zeros)
         width = folded_row_width(heads, length)
-        a = x.new_zeros(g, c, width)
-        a[:, :, :columns] = a_t.transpose(1, 2)
-        b_rows = x.new_zeros(g, width, out_layer.out_features)
-        b_rows[:, :columns] = b
-        if out_layer.bias is not None:
-            b_rows[:, columns] = out_layer.bias
-        scores = head_softmax_rows(torch.matmul(x, a), bias.view(g, columns), heads, length, scale)
+        a_rows = F.pad(a_t, (0, 0, 0, width - columns))
+        out_bias = out_layer.bias if out_layer.bias is not None else b.new_zeros(out_layer.out_features)
+        b_rows = torch.cat([b, out_bias.to(b.dtype).expand(g, 1, -1),
+                            b.new_zeros(g, width - columns - 1, out_layer.out_features)], dim=1)
+        scores = head_softmax_rows(torch.matmul(x, a_rows.transpose(1, 2)), bias.view(g, columns), heads, length,
+                                   scale)
         return torch.bmm(scores, b_rows)
     scores = torch.baddbmm(bias.to(x.dtype), x, a_t.transpose(1, 2), alpha=scale)
     probs = scores.view(g, n, heads, length).softmax(dim=-1).view(g, n, columns)
