@@ -211,25 +211,32 @@ def bench_cross_attention(scale: float, device: str, dtype: torch.dtype, repeats
     module = CrossAttention(HIDDEN, 16).to(device, dtype).eval()
     module.load_state_dict(exact.state_dict())
     x = torch.randn(2, tokens, HIDDEN, device=device)
-    logger.info("STDiT3 cross-attention, [2, %d, %d] to a caption of L tokens:", tokens, HIDDEN)
+    x_low = x.to(dtype)
+    logger.info("STDiT3 cross-attention, [2, %d, %d] to a caption of L tokens (the folded module launches ~15 "
+                "kernels, and alone the host's launches outlast them: 'GPU' is their time per call):",
+                tokens, HIDDEN)
     for length in (12, 33, 48, 72, 120):
         y = torch.randn(2, length, HIDDEN, device=device)
         with torch.no_grad():
             want = exact(x, y)
+        y_low = y.to(dtype)
 
-        def run(fold: bool, y: torch.Tensor = y) -> Callable[[], torch.Tensor]:
+        def run(fold: bool, y: torch.Tensor = y_low) -> Callable[[], torch.Tensor]:
             def call() -> torch.Tensor:
                 module.fold_short_context = fold
                 with torch.no_grad():
-                    return module(x.to(dtype), y.to(dtype))
+                    return module(x_low, y)
             return call
 
-        timed(f"L={length} unfolded", run(False), want, repeats, cuda)
-        module.fold_short_context = True
-        with torch.no_grad():
-            folds = module.folds(x.to(dtype), length)
-        if folds:
-            timed(f"L={length} folded", run(True), want, repeats, cuda)
+        for fold in (False, True):
+            module.fold_short_context = fold
+            with torch.no_grad():
+                if fold and not module.folds(x_low, length):
+                    continue
+            name = f"L={length} {'folded' if fold else 'unfolded'}"
+            timed(name, run(fold), want, repeats, cuda)
+            if cuda:
+                logger.info("  %-28s %8.3f ms GPU", "", kernel_ms_per_call(run(fold)))
     if not cuda:
         return
     for length in (12, 18, 33):
@@ -310,6 +317,21 @@ def bench_modulation(scale: float, device: str, repeats: int, cuda: bool) -> Non
             timed("gate + residual and gate, kernel", lambda y=y, gate=gate, x=x: apply_gate_and_add(y, gate, x)[0],
                   want_gate, repeats, cuda)
             timed("gate alone, kernel", functools.partial(apply_gate, y, gate), None, repeats, cuda)
+
+
+def kernel_ms_per_call(fn: Callable[[], torch.Tensor], calls: int = 10) -> float:
+    """The GPU's kernel time per call of ``fn`` (torch.profiler, after a warm-up call): what a call costs
+    inside a forward, where the host queues ahead of the GPU."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA) / 1e3 / calls
 
 
 def timed(name: str, fn: Callable[[], torch.Tensor], want: torch.Tensor | None, repeats: int, cuda: bool) -> None:
