@@ -68,6 +68,8 @@ def test_the_gpu_path_applies_to_short_captions_of_half_cuda_tokens(monkeypatch:
     with torch.enable_grad():
         assert not applies(FakeCuda(), 16, 12, [torch.zeros(1, requires_grad=True)])
     assert folds(FakeCuda(), 16, 33) and not folds(FakeCuda(), 16, 80)  # type: ignore[arg-type]
+    assert not folds(FakeCuda(), 16, 33, kernels=False)  # type: ignore[arg-type]  # --no-fused-kernels
+    assert folds(torch.empty(1, 1152), 16, 33, kernels=False)  # the CPU folds with torch ops regardless
     monkeypatch.setattr(kernel, "triton_available", lambda: False)
     assert not folds(FakeCuda(), 16, 33)  # type: ignore[arg-type]
     assert kernel.folded_row_width(16, 33) == 576 and kernel.folded_row_width(16, 4) == 128

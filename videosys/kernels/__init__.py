@@ -9,6 +9,8 @@ shapes a kernel does not take).
 * :mod:`videosys.kernels.modulation`: a block's layer norm + adaLN modulation, and its gate (+ residual),
   one pass each (eager mode: both models' blocks through :mod:`videosys.models.layers.norms`).
 * :mod:`videosys.kernels.rms_norm`: RMS norm over rows of at most 128 channels (STDiT3's qk-norm).
+* :mod:`videosys.kernels.folded_attention`: the scale, bias row and per-head softmax of a cross-attention
+  folded into its projections (:mod:`videosys.models.layers.folded_attention`), in place between its GEMMs.
 
 The modules that can use a kernel hold a boolean ``fused_kernel`` attribute (default ``True``);
 :func:`use_fused_kernels` sets it on every module of a model (``False``: the torch path everywhere, e.g.

@@ -204,7 +204,7 @@ class Attention(nn.Module):
             encoder_hidden_states is not None
             and self.fold_short_context
             and not isinstance(hidden_states, Float8Rows)
-            and folds(hidden_states, self.heads, context.shape[1], self.parameters())
+            and folds(hidden_states, self.heads, context.shape[1], self.parameters(), kernels=self.fused_kernel)
         ):
             k, v = linear(self.to_k, context), linear(self.to_v, context)
             return folded_cross_attention(hidden_states, k, v, self.to_q, self.to_out[0], self.heads, key_mask)

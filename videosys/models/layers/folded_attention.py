@@ -38,14 +38,17 @@ from videosys.kernels.folded_attention import (
 __all__ = ["folded_cross_attention", "folds", "use_folded_cross_attention"]
 
 
-def folds(x: torch.Tensor, heads: int, keys: int, params: Iterable[torch.Tensor] = ()) -> bool:
+def folds(x: torch.Tensor, heads: int, keys: int, params: Iterable[torch.Tensor] = (), *,
+          kernels: bool = True) -> bool:
     """Whether a cross-attention of query tokens like ``x`` ``[..., C]`` (``heads`` heads) to ``keys``
     context tokens runs folded: where its thin GEMMs do no more work than the query and output projections
     they replace, ``0 < heads * keys <= C`` (16 heads over 1152 channels: captions of up to 72 tokens); on
-    CUDA also only where :func:`videosys.kernels.folded_attention.folded_attention_kernel_applies` (half
-    precision, Triton, no autograd recording ``x`` or the module's ``params``)."""
+    CUDA also only with the module's fused kernels allowed (``kernels``: folded torch ops measured no faster
+    than the unfolded module there) and where
+    :func:`videosys.kernels.folded_attention.folded_attention_kernel_applies` (half precision, Triton, no
+    autograd recording ``x`` or the module's ``params``)."""
     if x.is_cuda:
-        return folded_attention_kernel_applies(x, heads, keys, params)
+        return kernels and folded_attention_kernel_applies(x, heads, keys, params)
     return 0 < heads * keys <= x.shape[-1]
 
 

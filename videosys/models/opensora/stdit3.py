@@ -373,11 +373,14 @@ class CrossAttention(nn.Module):
         #: a short caption is attended through the folded projections where that pays
         #: (:mod:`videosys.models.layers.folded_attention`); ``False`` keeps the unfolded path
         self.fold_short_context = True
+        #: ``False`` (:func:`videosys.kernels.use_fused_kernels`): no Triton kernel, so no folding on CUDA
+        self.fused_kernel = True
 
     def folds(self, x: torch.Tensor, keys: int) -> bool:
         """Whether tokens like ``x`` attend a caption of ``keys`` tokens folded
         (:func:`videosys.models.layers.folded_attention.folds`)."""
-        return self.fold_short_context and folds(x, self.num_heads, keys, self.parameters())
+        return self.fold_short_context and folds(x, self.num_heads, keys, self.parameters(),
+                                                 kernels=self.fused_kernel)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None = None,
                 x_rows: Float8Rows | None = None) -> torch.Tensor:
