@@ -115,10 +115,11 @@ def _fold(k: torch.Tensor, v: torch.Tensor, q_layer: nn.Linear, out_layer: nn.Li
     a_t = torch.matmul(k_heads, q_layer.weight.view(heads, head_dim, c)).reshape(g, heads * length, c)
     out_weight = out_layer.weight.view(out_layer.out_features, heads, head_dim).permute(1, 2, 0)
     b = torch.matmul(v_heads, out_weight).reshape(g, heads * length, out_layer.out_features)
-    bias = torch.zeros(g, 1, heads * length, dtype=torch.float32, device=k.device)
     if q_layer.bias is not None:
         q_bias = q_layer.bias.float().view(heads, head_dim, 1)
         bias = torch.matmul(k_heads.float(), q_bias).reshape(g, 1, heads * length) * head_dim**-0.5
+    else:
+        bias = torch.zeros(g, 1, heads * length, dtype=torch.float32, device=k.device)
     if mask is not None:
         has_keys = mask.any(dim=1, keepdim=True)  # [G, 1]; stays on the device (no host sync)
         keep = (mask | ~has_keys)[:, None, :].expand(g, heads, length).reshape(g, 1, heads * length)
