@@ -15,6 +15,7 @@ import torch
 
 from videosys.kernels import folded_attention as kernel_module
 from videosys.kernels.common import HALF_DTYPES
+from videosys.kernels.float8 import FLOAT8_DTYPE, quantize_rows_reference
 from videosys.models.layers import folded_attention as layer_module
 from videosys.models.layers.attention import Attention
 from videosys.models.opensora.stdit3 import CrossAttention
@@ -71,6 +72,79 @@ def cases() -> dict[str, float]:
     return out
 
 
+def e4m3_steps(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The largest difference of two e4m3 tensors in e4m3 steps at ``want``'s magnitude (1/8 of its power
+    of two; below the normal range the subnormal step 2^-9)."""
+    a, b = got.float(), want.float()
+    step = torch.maximum(torch.exp2(torch.floor(torch.log2(b.abs().clamp_min(1e-30)))) / 8, torch.tensor(2.0**-9))
+    return ((a - b).abs() / step).max().item()
+
+
+def float8_cases() -> dict[str, float]:
+    """``--float8``: the softmax kernel writing e4m3 probabilities, and STDiT3's folded cross-attention
+    reading float8 rows (both GEMMs from e4m3 operands) against the float32 unfolded module and against
+    the same float8 arithmetic written in torch from the module's own folded operands."""
+    g = torch.Generator().manual_seed(1)
+    out: dict[str, float] = {}
+    heads, keys = 4, 5
+    width = kernel_module.folded_row_width(heads, keys)
+    scores = torch.randn(2, 70, width, generator=g).to(torch.bfloat16)
+    bias = torch.randn(2, heads * keys, generator=g)
+    bias[0, 3] = float("-inf")  # a masked key
+    before = scores.clone()
+    probs = kernel_module.head_softmax_rows(scores, bias, heads, keys, 0.3,
+                                            out=torch.empty(2, 70, width, dtype=FLOAT8_DTYPE))
+    logits = scores[..., : heads * keys].float() * 0.3 + bias[:, None]
+    want = logits.view(2, 70, heads, keys).softmax(-1).view(2, 70, heads * keys) * kernel_module.PROB_SCALE
+    out["softmax e4m3 steps"] = e4m3_steps(probs[..., : heads * keys], want.to(FLOAT8_DTYPE))
+    out["softmax tail"] = probs[..., heads * keys:].float().abs().max().item()
+    out["softmax scores kept"] = float(torch.equal(scores, before))
+
+    # the module: bf16, a 5-token caption (one sample masked to 3), x as float8 rows of its bf16 values
+    layer_module.folded_attention_kernel_applies = lambda x, *args: x.dtype in HALF_DTYPES
+    linears = [0]
+    float8_linear = layer_module.float8_linear
+
+    def counted(*args, **kwargs):
+        linears[0] += 1
+        return float8_linear(*args, **kwargs)
+
+    layer_module.float8_linear = counted
+    module = CrossAttention(128, heads)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    x, y = torch.randn(3, 70, 128, generator=g), torch.randn(3, keys, 128, generator=g)
+    mask = torch.ones(3, keys, dtype=torch.bool)
+    mask[0, 3:] = False
+    half = copy.deepcopy(module).bfloat16()
+    xb, yb = x.bfloat16(), y.bfloat16()
+    rows = quantize_rows_reference(xb)
+    with torch.no_grad():
+        module.fold_short_context = False
+        exact = module(x, y, mask)
+        bf16 = half(xb, yb, mask)
+        got = half(xb, yb, mask, rows)
+        k, v = half.kv_linear(yb).chunk(2, dim=-1)
+        context = layer_module.fold_context(k, v, half.q_linear, half.proj, heads, mask, kernel=True)
+    out["module float8 linears"] = float(linears[0])
+    out["module float8 vs float32"] = relative(got, exact)
+    out["module bf16 kernel vs float32"] = relative(bf16, exact)
+    # the same arithmetic in torch: e4m3 operands dequantized, the scores rounded to bf16, the probabilities
+    # to e4m3 (times PROB_SCALE), float32 products
+    a8, b8 = context.float8_operands()
+    emulated = []
+    for i in range(3):
+        xs = rows.values[i].float() * rows.scale[i * 70:(i + 1) * 70]
+        s = (xs @ (a8[i].weight.float() * a8[i].scale.t()).t()).bfloat16().float()[:, : heads * keys]
+        p = (s * context.scale + context.bias[i]).view(70, heads, keys).softmax(-1).view(70, heads * keys)
+        p8 = (p * kernel_module.PROB_SCALE).to(FLOAT8_DTYPE).float() / kernel_module.PROB_SCALE
+        b = (b8[i].weight.float() * b8[i].scale.t()).t()[: heads * keys]
+        emulated.append(p8 @ b + b8[i].bias.float())
+    out["module float8 vs torch float8"] = relative(got, torch.stack(emulated))
+    return out
+
+
 if __name__ == "__main__":
     assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-    print(json.dumps(cases()))
+    print(json.dumps({**cases(), **float8_cases()}))

@@ -11,6 +11,7 @@ from support import run_in_interpreter
 
 from videosys.models.layers.attention import Attention
 from videosys.models.layers.folded_attention import (
+    attend_folded,
     folded_cross_attention,
     folds,
     use_folded_cross_attention,
@@ -30,8 +31,18 @@ def _both(module: torch.nn.Module, *args: object) -> tuple[torch.Tensor, torch.T
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch, module: object) -> list[int]:
-    """Count the folded calls made through ``module``'s imported ``folded_cross_attention``."""
+    """Count the folded calls made through ``module``'s imported ``folded_cross_attention`` (STDiT3's
+    cross-attention folds, or takes its kept context, then calls ``attend_folded``)."""
     calls: list[int] = []
+    if hasattr(module, "attend_folded"):
+        original_attend = attend_folded
+
+        def counted_attend(*args: object, **kwargs: object) -> torch.Tensor:
+            calls.append(1)
+            return original_attend(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(module, "attend_folded", counted_attend)
+        return calls
     original = folded_cross_attention
 
     def counted(*args: object, **kwargs: object) -> torch.Tensor:

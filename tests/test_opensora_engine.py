@@ -16,6 +16,7 @@ from videosys import PABConfig, RequestError, VideoSysEngine
 from videosys.cli import main
 from videosys.errors import VideoSysError
 from videosys.pab import PABScheduler
+from videosys.models.opensora.stdit3 import PreparedCaption
 from videosys.schedulers.rflow import RFlowSchedule
 from videosys.testing.tiny_opensora import COMPONENTS, SMOKE_OVERLAY, write_tiny_opensora
 from support import pipeline_of
@@ -26,18 +27,28 @@ SMALL = {"resolution": "144p", "aspect": "9:16"}  # 144 x 256 pixels, 18 x 32 la
 
 
 class CallRecorder:
-    """Wraps the transformer's forward and keeps the inputs of every call."""
+    """Wraps the transformer's forward and keeps the inputs of every call (``y``: the T5 features, also
+    where a call got them as the PreparedCaption made from them; ``caption``: what the call got)."""
 
     def __init__(self, transformer, monkeypatch):
         self.calls: list[dict] = []
+        features: dict[int, torch.Tensor] = {}
         original = transformer.forward
+        original_prepare = transformer.prepare_caption
+
+        def prepare_caption(y, mask=None):
+            prepared = original_prepare(y, mask)
+            features[id(prepared)] = y.clone()
+            return prepared
 
         def forward(x, timestep, y, mask, **kwargs):
-            self.calls.append({"x": x.clone(), "t": timestep.clone(), "y": y.clone(),
+            text = features[id(y)] if isinstance(y, PreparedCaption) else y.clone()
+            self.calls.append({"x": x.clone(), "t": timestep.clone(), "y": text, "caption": y,
                                "mask": None if mask is None else mask.clone(), **kwargs})
             return original(x, timestep, y, mask, **kwargs)
 
         monkeypatch.setattr(transformer, "forward", forward)
+        monkeypatch.setattr(transformer, "prepare_caption", prepare_caption)
 
 
 # --------------------------------------------------------------------------- layout
@@ -118,6 +129,9 @@ def test_cfg_pairs_each_prompt_with_the_learned_null_caption(tiny_opensora_engin
     y = call["y"]
     assert y.shape[:2] == (2, valid) and call["mask"] is None
     assert all(c["y"].shape[1] == valid and c["mask"] is None for c in recorder.calls)
+    # ...made ready once: every call of the request gets the same PreparedCaption (its folded contexts kept)
+    assert isinstance(call["caption"], PreparedCaption)
+    assert all(c["caption"] is call["caption"] for c in recorder.calls)
     assert torch.equal(y[1], transformer.null_caption[:valid].to(y.dtype))
     assert not torch.equal(y[0], y[1])
     assert torch.equal(call["x"][0], call["x"][1])  # both halves see the same latent

@@ -93,6 +93,13 @@ class Float8Rows:
                              f"{list(values.shape)}")
         return Float8Rows(values, self.scale, self.dtype)
 
+    def select(self, index: int) -> Float8Rows:
+        """The rows of ``values[index]`` (one entry of the first dimension, e.g. one sample's tokens)."""
+        if self.values.ndim < 2 or not 0 <= index < self.values.shape[0]:
+            raise ValueError(f"Float8Rows.select: no entry {index} in the first dimension of {list(self.shape)}")
+        per_entry = self.scale.shape[0] // self.values.shape[0]
+        return Float8Rows(self.values[index], self.scale[index * per_entry:(index + 1) * per_entry], self.dtype)
+
     def dequantize(self) -> torch.Tensor:
         k = self.values.shape[-1]
         return (self.values.reshape(-1, k).float() * self.scale).to(self.dtype).reshape(self.shape)
@@ -109,12 +116,16 @@ class Float8Weight:
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Float8Weight:
+        return cls.from_matrix(linear.weight, linear.bias)
+
+    @classmethod
+    def from_matrix(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Float8Weight:
+        """A ``[N, K]`` matrix (e.g. a folded cross-attention's, used as a weight) and an optional bias."""
         with torch.no_grad():
-            w = linear.weight.detach().float()
+            w = weight.detach().float()
             scale = w.abs().amax(dim=1, keepdim=True).clamp_min(MIN_AMAX) / FLOAT8_MAX  # [N, 1]
-            weight = (w / scale).clamp(-FLOAT8_MAX, FLOAT8_MAX).to(FLOAT8_DTYPE)
-        bias = None if linear.bias is None else linear.bias.detach()
-        return cls(weight, scale.t().contiguous(), bias)
+            values = (w / scale).clamp(-FLOAT8_MAX, FLOAT8_MAX).to(FLOAT8_DTYPE)
+        return cls(values, scale.t().contiguous(), None if bias is None else bias.detach())
 
     @classmethod
     def stacked(cls, weights: list[Float8Weight]) -> Float8Weight:
@@ -131,14 +142,24 @@ class Float8Weight:
                             None if self.bias is None else self.bias[part])
 
 
-def float8_linear(x: Float8Rows, w: Float8Weight) -> torch.Tensor:
-    """``x @ w.T + bias`` from e4m3 operands: ``[..., K]`` -> ``[..., N]`` in ``x.dtype``."""
+def float8_linear(x: Float8Rows, w: Float8Weight, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ w.T + bias`` from e4m3 operands: ``[..., K]`` -> ``[..., N]`` in ``x.dtype``; ``out``: a
+    contiguous tensor of that shape and dtype to write it into (e.g. one group's slice of a larger one)."""
     k = x.shape[-1]
+    n = w.weight.shape[0]
     if w.weight.shape[1] != k:
         raise ValueError(f"float8_linear: input has {k} channels, the weight takes {w.weight.shape[1]}")
-    out = torch._scaled_mm(x.values.reshape(-1, k), w.weight.t(), scale_a=x.scale, scale_b=w.scale,
-                           bias=w.bias, out_dtype=x.dtype, use_fast_accum=True)
-    return out.reshape(*x.shape[:-1], w.weight.shape[0])
+    values = x.values.reshape(-1, k)
+    if out is None:
+        result = torch._scaled_mm(values, w.weight.t(), scale_a=x.scale, scale_b=w.scale, bias=w.bias,
+                                  out_dtype=x.dtype, use_fast_accum=True)
+        return result.reshape(*x.shape[:-1], n)
+    if out.shape != (*x.shape[:-1], n) or out.dtype != x.dtype or not out.is_contiguous():
+        raise ValueError(f"float8_linear: out must be a contiguous {x.dtype} tensor of shape "
+                         f"{[*x.shape[:-1], n]}, got {out.dtype} {list(out.shape)}")
+    torch._scaled_mm(values, w.weight.t(), scale_a=x.scale, scale_b=w.scale, bias=w.bias, out_dtype=x.dtype,
+                     use_fast_accum=True, out=out.view(-1, n))
+    return out
 
 
 @functools.cache

@@ -6,7 +6,7 @@ quantized store)."""
 import triton
 import triton.language as tl
 
-__all__ = ["FP8_MAX", "quantize_rows_kernel", "row_amax", "store_quantized"]
+__all__ = ["FP8_MAX", "quantize_rows_kernel", "row_amax", "store_e4m3", "store_quantized"]
 
 #: The largest finite float8 e4m3 (``torch.float8_e4m3fn``) value.
 FP8_MAX = tl.constexpr(448.0)
@@ -24,14 +24,19 @@ def _round_to_3_mantissa_bits(v):
 
 
 @triton.jit
-def store_quantized(v, mask, offs, q_ptr, inv, INTERPRETED: tl.constexpr):
-    """``v * inv`` per row, rounded to e4m3 and stored (``inv``: each row's ``448 / amax``; ``INTERPRETED``:
+def store_e4m3(q, mask, offs, q_ptr, INTERPRETED: tl.constexpr):
+    """``q`` (float32, any shape) clamped to e4m3's range, rounded to e4m3 and stored (``INTERPRETED``:
     running in Triton's CPU interpreter, which needs the rounding done in integer arithmetic first)."""
-    q = v * inv[:, None]
     if INTERPRETED:
         q = _round_to_3_mantissa_bits(q)
     q = tl.minimum(tl.maximum(q, -FP8_MAX), FP8_MAX)
     tl.store(q_ptr + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def store_quantized(v, mask, offs, q_ptr, inv, INTERPRETED: tl.constexpr):
+    """``v * inv`` per row, rounded to e4m3 and stored (``inv``: each row's ``448 / amax``)."""
+    store_e4m3(v * inv[:, None], mask, offs, q_ptr, INTERPRETED)
 
 
 @triton.jit

@@ -4,21 +4,27 @@ Triton; :mod:`videosys.kernels.folded_attention` imports it on first use only)."
 import triton
 import triton.language as tl
 
+from videosys.kernels.float8_triton import store_e4m3
+
 __all__ = ["head_softmax_kernel"]
 
 
 @triton.jit
 def head_softmax_kernel(
-    scores_ptr, bias_ptr,
+    scores_ptr, bias_ptr, out_ptr,
     ROWS, N, WIDTH,
     scale,
     HEADS: tl.constexpr, KEYS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_TAIL: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_TAIL: tl.constexpr, FLOAT8: tl.constexpr, PROB_SCALE: tl.constexpr,
+    INTERPRETED: tl.constexpr,
 ):
-    """In place over rows ``r`` of ``scores`` ``[ROWS, WIDTH]`` (row ``r`` of group ``r // N``): columns
-    ``h * KEYS + l`` become ``softmax_l(scores * scale + bias[group, h * KEYS + l])`` per head ``h`` (float32,
-    rounded once); column ``HEADS * KEYS`` becomes 1 (the output bias's row of the second GEMM) and the
-    columns after it 0.
+    """Over rows ``r`` of ``scores`` ``[ROWS, WIDTH]`` (row ``r`` of group ``r // N``): columns
+    ``h * KEYS + l`` of ``out`` (``scores`` itself, or another tensor of its shape) become
+    ``softmax_l(scores * scale + bias[group, h * KEYS + l])`` per head ``h`` (float32, rounded once).
+
+    Half-precision ``out``: column ``HEADS * KEYS`` becomes 1 (the output bias's row of the second GEMM) and
+    the columns after it 0. ``FLOAT8`` ``out`` (e4m3): the probabilities times ``PROB_SCALE``, and the whole
+    tail 0 (the second GEMM adds the output bias itself).
 
     ``bias`` float32 ``[G, HEADS * KEYS]`` (``-inf`` on masked keys; every head has a finite one)."""
     pid = tl.program_id(0)
@@ -38,11 +44,17 @@ def head_softmax_kernel(
     peak = tl.where(peak == float("-inf"), 0.0, peak)  # padding heads: all -inf, their rows are not stored
     e = tl.exp(s - peak[:, :, None])
     p = e / tl.maximum(tl.sum(e, axis=2), 1e-30)[:, :, None]
-    tl.store(scores_ptr + offsets, p.to(scores_ptr.dtype.element_ty), mask=ok)
     # the tail: the bias column, then zeros up to WIDTH
     t = HEADS * KEYS + tl.arange(0, BLOCK_TAIL)
-    tail = tl.where(t == HEADS * KEYS, 1.0, 0.0)
     tail_ok = row_ok[:, None] & (t < WIDTH)[None, :]
-    tl.store(scores_ptr + rows64[:, None] * WIDTH + t[None, :],
-             (tail[None, :] + tl.zeros([BLOCK_R, BLOCK_TAIL], tl.float32)).to(scores_ptr.dtype.element_ty),
-             mask=tail_ok)
+    tail_offsets = rows64[:, None] * WIDTH + t[None, :]
+    if FLOAT8:
+        store_e4m3(p * PROB_SCALE, ok, offsets, out_ptr, INTERPRETED)
+        tl.store(out_ptr + tail_offsets, tl.zeros([BLOCK_R, BLOCK_TAIL], tl.float32).to(out_ptr.dtype.element_ty),
+                 mask=tail_ok)
+    else:
+        tl.store(out_ptr + offsets, p.to(out_ptr.dtype.element_ty), mask=ok)
+        tail = tl.where(t == HEADS * KEYS, 1.0, 0.0)
+        tl.store(out_ptr + tail_offsets,
+                 (tail[None, :] + tl.zeros([BLOCK_R, BLOCK_TAIL], tl.float32)).to(out_ptr.dtype.element_ty),
+                 mask=tail_ok)

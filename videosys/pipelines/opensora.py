@@ -104,6 +104,8 @@ class OpenSoraPipeline(Pipeline):
             null = self.transformer.null_caption.to(device=self.device, dtype=text.dtype)[None, :valid]
             text = self.cfg_branch(torch.cat([text, null]))
         batch = text.shape[0]
+        # embedded once for every call, and each cross-attention's folded context kept from the first call
+        caption = self.transformer.prepare_caption(text)
         both_branches = cfg and not self.parallel.cfg_enabled
         # fps, height and width take the model dtype's values, as in the reference (which passes model-dtype
         # tensors): in bfloat16 854 becomes 856, which sets the position-table scale the official weights
@@ -117,7 +119,7 @@ class OpenSoraPipeline(Pipeline):
                 z_in = z.to(self.dtype)
                 z_in = torch.cat([z_in, z_in]) if both_branches else z_in
                 t = torch.full((batch,), schedule.timesteps[i], device=self.device)
-                out = self.transformer(z_in, t, text, None, fps=fps, height=height, width=width, pab=run,
+                out = self.transformer(z_in, t, caption, None, fps=fps, height=height, width=width, pab=run,
                                        parallel=self.parallel)
                 v = self.cfg_join(out[:, : self.in_channels].float())  # learned sigma: the velocity is the first half
                 if cfg:

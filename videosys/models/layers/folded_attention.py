@@ -23,19 +23,37 @@ path).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from videosys.kernels.float8 import (
+    FLOAT8_DTYPE,
+    Float8Rows,
+    Float8Weight,
+    float8_linear,
+)
 from videosys.kernels.folded_attention import (
+    PROB_SCALE,
     folded_attention_kernel_applies,
     folded_row_width,
     head_softmax_rows,
 )
 
-__all__ = ["folded_cross_attention", "folds", "use_folded_cross_attention"]
+__all__ = [
+    "FoldedContext",
+    "FoldedContextCache",
+    "attend_folded",
+    "fold_context",
+    "folded_cross_attention",
+    "folded_kernel_path",
+    "folds",
+    "use_folded_cross_attention",
+]
 
 
 def folds(x: torch.Tensor, heads: int, keys: int, params: Iterable[torch.Tensor] = (), *,
@@ -52,6 +70,124 @@ def folds(x: torch.Tensor, heads: int, keys: int, params: Iterable[torch.Tensor]
     return 0 < heads * keys <= x.shape[-1]
 
 
+@dataclass(eq=False)
+class FoldedContext:
+    """One module's cross-attention folded over one context: ``A^T`` and ``B`` (module docstring) and the
+    scores' float32 bias row, laid out for the path that uses them (``kernel``: the GPU path's rows padded
+    to :func:`~videosys.kernels.folded_attention.folded_row_width`, ``B`` with the output bias as its row
+    ``H*L``; else ``A^T`` ``[G, H*L, C]`` and ``B`` ``[G, H*L, C_out]``). Made by :func:`fold_context`; kept
+    for a whole request by :class:`FoldedContextCache`."""
+
+    a_t: torch.Tensor
+    b: torch.Tensor
+    bias: torch.Tensor  # float32 [G, H*L]: the query bias's share (scaled) and -inf on masked keys
+    out_bias: torch.Tensor | None
+    heads: int
+    keys: int
+    scale: float
+    kernel: bool
+    _float8: tuple[list[Float8Weight], list[Float8Weight]] | None = None
+
+    @property
+    def groups(self) -> int:
+        return self.a_t.shape[0]
+
+    def float8_operands(self) -> tuple[list[Float8Weight], list[Float8Weight]]:
+        """Per group, ``A^T`` (``[W, C]``, a scale per score column) and ``B^T`` (``[C_out, W]``, a scale per
+        output channel, the output bias as its bias and its bias column zeroed) as e4m3 weights of the
+        float8 GEMMs (GPU path only); made on first use and kept."""
+        if not self.kernel:
+            raise ValueError("float8 operands exist on the GPU path only (kernel=True)")
+        if self._float8 is None:
+            columns = self.heads * self.keys
+            b_t = self.b.transpose(1, 2).contiguous()  # [G, C_out, W]
+            b_t[:, :, columns] = 0  # the bias row of the half-precision path: float8 adds the bias in the GEMM
+            self._float8 = ([Float8Weight.from_matrix(a) for a in self.a_t],
+                            [Float8Weight.from_matrix(b, self.out_bias) for b in b_t])
+        return self._float8
+
+
+def fold_context(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_layer: nn.Linear,
+    out_layer: nn.Linear,
+    heads: int,
+    mask: torch.Tensor | None = None,
+    *,
+    kernel: bool,
+) -> FoldedContext:
+    """The folded operands of ``out_layer(attention(q_layer(x), k, v))`` for context keys / values ``k``,
+    ``v`` ``[G, L, H*D]`` (already projected) and boolean ``mask`` ``[G, L]`` (``True`` = valid key) or
+    ``None``; ``kernel``: laid out for the GPU path (:func:`attend_folded`)."""
+    g, length = k.shape[:2]
+    head_dim = k.shape[2] // heads
+    if k.ndim != 3 or k.shape[2] != heads * head_dim or v.shape != k.shape:
+        raise ValueError(f"k and v must both be [G, L, {heads} x head_dim], got {list(k.shape)} and {list(v.shape)}")
+    if q_layer.out_features != heads * head_dim:
+        raise ValueError(f"q_layer maps {q_layer.in_features} -> {q_layer.out_features}, the keys have "
+                         f"{heads * head_dim} channels")
+    if mask is not None and (mask.dtype != torch.bool or mask.shape != (g, length)):
+        raise ValueError(f"mask must be boolean [{g}, {length}], got {mask.dtype} {list(mask.shape)}")
+    a_t, b, bias = _fold(k, v, q_layer, out_layer, heads, mask)
+    columns = heads * length
+    if kernel:
+        # rows [W]: the H*L scores, the bias column, padding; B gets the output bias as its row H*L (one copy
+        # each: A^T padded with zero rows, read transposed by the GEMM; B with the bias row and zeros)
+        width = folded_row_width(heads, length)
+        a_t = F.pad(a_t, (0, 0, 0, width - columns))
+        out_bias = out_layer.bias if out_layer.bias is not None else b.new_zeros(out_layer.out_features)
+        b = torch.cat([b, out_bias.to(b.dtype).expand(g, 1, -1),
+                       b.new_zeros(g, width - columns - 1, out_layer.out_features)], dim=1)
+    return FoldedContext(a_t, b, bias.view(g, columns), out_layer.bias, heads, length, head_dim**-0.5, kernel)
+
+
+def attend_folded(x: torch.Tensor, context: FoldedContext, x_rows: Float8Rows | None = None, *,
+                  float8_probabilities: bool = True) -> torch.Tensor:
+    """The folded cross-attention of ``x`` ``[G, N, C]`` over ``context``: ``[G, N, C_out]`` in ``x``'s
+    dtype. On the GPU path (``context.kernel``) two cuBLAS GEMMs around one Triton pass (scale, bias,
+    per-head softmax: :func:`videosys.kernels.folded_attention.head_softmax_rows`); with ``x_rows`` (``x``
+    as float8 rows, ``--float8``) the first GEMM reads e4m3 operands, and with ``float8_probabilities`` the
+    second too (the softmax writes its probabilities as e4m3). Else two batched GEMMs and torch's softmax."""
+    g, n, c = x.shape
+    if g != context.groups or c != context.a_t.shape[2] or x.dtype != context.a_t.dtype:
+        raise ValueError(f"x must be [{context.groups}, N, {context.a_t.shape[2]}] {context.a_t.dtype} for this "
+                         f"folded context, got {x.dtype} {list(x.shape)}")
+    heads, length, bias, scale = context.heads, context.keys, context.bias, context.scale
+    if not context.kernel:
+        scores = torch.baddbmm(bias[:, None].to(x.dtype), x, context.a_t.transpose(1, 2), alpha=scale)
+        probs = scores.view(g, n, heads, length).softmax(dim=-1).view(g, n, heads * length)
+        if context.out_bias is None:
+            return torch.bmm(probs, context.b)
+        return torch.baddbmm(context.out_bias, probs, context.b)
+    if x_rows is None:
+        scores = head_softmax_rows(torch.matmul(x, context.a_t.transpose(1, 2)), bias, heads, length, scale)
+        return torch.bmm(scores, context.b)
+    if x_rows.shape != x.shape:
+        raise ValueError(f"x_rows must hold x's rows {list(x.shape)}, got {list(x_rows.shape)}")
+    a8, b8 = context.float8_operands()
+    width = context.a_t.shape[1]
+    scores = x.new_empty(g, n, width)
+    for i in range(g):
+        float8_linear(x_rows.select(i), a8[i], out=scores[i])
+    if not float8_probabilities:
+        return torch.bmm(head_softmax_rows(scores, bias, heads, length, scale), context.b)
+    probs = head_softmax_rows(scores, bias, heads, length, scale,
+                              out=torch.empty(g, n, width, dtype=FLOAT8_DTYPE, device=x.device))
+    prob_scale = torch.full((n, 1), 1.0 / PROB_SCALE, dtype=torch.float32, device=x.device)
+    out = x.new_empty(g, n, b8[0].weight.shape[0])
+    for i in range(g):
+        float8_linear(Float8Rows(probs[i], prob_scale, x.dtype), b8[i], out=out[i])
+    return out
+
+
+def folded_kernel_path(x: torch.Tensor, heads: int, keys: int, params: Iterable[torch.Tensor] = ()) -> bool:
+    """Whether a folded cross-attention of tokens like ``x`` runs the GPU path (cuBLAS GEMMs around the
+    Triton softmax, float8 GEMMs when given float8 rows): where
+    :func:`videosys.kernels.folded_attention.folded_attention_kernel_applies`."""
+    return folded_attention_kernel_applies(x, heads, keys, params)
+
+
 def folded_cross_attention(
     x: torch.Tensor,
     k: torch.Tensor,
@@ -62,43 +198,21 @@ def folded_cross_attention(
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``out_layer(attention(q_layer(x), k, v))`` for ``x`` ``[G, N, C]`` attending to its group's context
-    keys / values ``k``, ``v`` ``[G, L, H*D]`` (already projected), folded (module docstring): on the GPU
-    path two cuBLAS GEMMs around one Triton pass (scale, bias, per-head softmax:
-    :func:`videosys.kernels.folded_attention.head_softmax_rows`), else two batched GEMMs and torch's softmax.
+    keys / values ``k``, ``v`` ``[G, L, H*D]`` (already projected), folded (module docstring): the context
+    folded (:func:`fold_context`) for the path that applies, then :func:`attend_folded`.
 
     ``mask``: boolean ``[G, L]`` (``True`` = valid key) or ``None``. A group with no valid key gives
     ``out_layer``'s bias alone (the attention's zeros, as :func:`videosys.models.layers.attention.matmul_attention`
     defines that case). Returns ``[G, N, C_out]`` in ``x``'s dtype.
     """
-    g, n, c = x.shape
-    length = k.shape[1]
-    head_dim = k.shape[2] // heads
-    if k.shape != (g, length, heads * head_dim) or v.shape != k.shape:
+    g, _, c = x.shape
+    if k.ndim != 3 or k.shape[0] != g:
         raise ValueError(f"k and v must both be [{g}, L, {heads} x head_dim], got {list(k.shape)} and {list(v.shape)}")
-    if q_layer.in_features != c or q_layer.out_features != heads * head_dim:
+    if q_layer.in_features != c:
         raise ValueError(f"q_layer maps {q_layer.in_features} -> {q_layer.out_features}, the tokens have {c} "
-                         f"channels and the keys {heads * head_dim}")
-    if mask is not None and (mask.dtype != torch.bool or mask.shape != (g, length)):
-        raise ValueError(f"mask must be boolean [{g}, {length}], got {mask.dtype} {list(mask.shape)}")
-    a_t, b, bias = _fold(k, v, q_layer, out_layer, heads, mask)
-    scale = head_dim**-0.5
-    columns = heads * length
-    if folded_attention_kernel_applies(x, heads, length, (*q_layer.parameters(), *out_layer.parameters())):
-        # scores [G, N, W]: the H*L scores, the bias column, padding; B gets the output bias as its row H*L
-        # (one copy each: A^T padded with zero rows, read transposed by the GEMM; B with the bias row and zeros)
-        width = folded_row_width(heads, length)
-        a_rows = F.pad(a_t, (0, 0, 0, width - columns))
-        out_bias = out_layer.bias if out_layer.bias is not None else b.new_zeros(out_layer.out_features)
-        b_rows = torch.cat([b, out_bias.to(b.dtype).expand(g, 1, -1),
-                            b.new_zeros(g, width - columns - 1, out_layer.out_features)], dim=1)
-        scores = head_softmax_rows(torch.matmul(x, a_rows.transpose(1, 2)), bias.view(g, columns), heads, length,
-                                   scale)
-        return torch.bmm(scores, b_rows)
-    scores = torch.baddbmm(bias.to(x.dtype), x, a_t.transpose(1, 2), alpha=scale)
-    probs = scores.view(g, n, heads, length).softmax(dim=-1).view(g, n, columns)
-    if out_layer.bias is None:
-        return torch.bmm(probs, b)
-    return torch.baddbmm(out_layer.bias, probs, b)
+                         f"channels")
+    kernel = folded_kernel_path(x, heads, k.shape[1], (*q_layer.parameters(), *out_layer.parameters()))
+    return attend_folded(x, fold_context(k, v, q_layer, out_layer, heads, mask, kernel=kernel))
 
 
 def _fold(k: torch.Tensor, v: torch.Tensor, q_layer: nn.Linear, out_layer: nn.Linear, heads: int,
@@ -126,6 +240,32 @@ def _fold(k: torch.Tensor, v: torch.Tensor, q_layer: nn.Linear, out_layer: nn.Li
         bias = bias.masked_fill(~keep, float("-inf"))
         b = b * has_keys[:, :, None].to(b.dtype)  # a group with no valid key: its attention output is zero
     return a_t, b, bias
+
+
+class FoldedContextCache:
+    """The :class:`FoldedContext` of each module over one fixed context (a request's caption), made on the
+    module's first call and reused by its later ones: the folding's small GEMMs and copies (and the
+    context's key / value projection) then run once per request instead of once per call.
+
+    An entry is remade when its module's parameters change (storage or in-place version), or the tokens'
+    device, dtype or path do. The context itself is the caller's promise: one cache per context."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[nn.Module, tuple[Any, ...], FoldedContext]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def context(self, module: nn.Module, x: torch.Tensor, kernel: bool,
+                make: Callable[[], FoldedContext]) -> FoldedContext:
+        """``module``'s folded context for tokens like ``x`` on the path ``kernel``: the kept one, or
+        ``make()`` kept."""
+        stamp = (x.device, x.dtype, kernel, tuple((p.data_ptr(), p._version) for p in module.parameters()))
+        entry = self._entries.get(id(module))
+        if entry is None or entry[0] is not module or entry[1] != stamp:
+            entry = (module, stamp, make())
+            self._entries[id(module)] = entry
+        return entry[2]
 
 
 def use_folded_cross_attention(model: nn.Module, enabled: bool = True) -> int:

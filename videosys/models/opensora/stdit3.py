@@ -72,14 +72,21 @@ from ..config_values import is_int, is_number
 from ..layers.float8 import linear, mlp_gelu_tanh
 from ..layers.attention import scaled_dot_product
 from ..layers.embeddings import timestep_sinusoids
-from ..layers.folded_attention import folded_cross_attention, folds
+from ..layers.folded_attention import (
+    FoldedContext,
+    FoldedContextCache,
+    attend_folded,
+    fold_context,
+    folded_kernel_path,
+    folds,
+)
 from ..layers.norms import RMSNorm, add_norm_modulate, gated_add, gated_add_float8, modulate, norm_modulate
 from ..layers.rope import RotaryEmbedding, apply_rotary
 from ..weights import load_pretrained
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STDiT3", "STDiT3Block", "STDiT3Config", "spatial_pos_table"]
+__all__ = ["PreparedCaption", "STDiT3", "STDiT3Block", "STDiT3Config", "spatial_pos_table"]
 
 MODEL_TYPE = "STDiT3"
 WEIGHTS_NAME = "model"
@@ -382,16 +389,30 @@ class CrossAttention(nn.Module):
         return self.fold_short_context and folds(x, self.num_heads, keys, self.parameters(),
                                                  kernels=self.fused_kernel)
 
+    def reads_float8_rows(self, x: torch.Tensor, keys: int) -> bool:
+        """Whether float8 rows of tokens like ``x`` (``--float8``) feed this module over a caption of
+        ``keys`` tokens: into ``q_linear`` unfolded, into the folded GEMMs on the GPU path; not into the
+        CPU's folded torch ops."""
+        return not self.folds(x, keys) or folded_kernel_path(x, self.num_heads, keys, self.parameters())
+
     def forward(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None = None,
-                x_rows: Float8Rows | None = None) -> torch.Tensor:
+                x_rows: Float8Rows | None = None, folded: FoldedContextCache | None = None) -> torch.Tensor:
         """``x`` ``[B, N, C]`` attends to ``y`` ``[B, L, C]`` of the same sample; ``key_mask``: boolean
         ``[B, L]`` (``True`` = valid token) or ``None`` when every token is valid; ``x_rows``: ``x`` as
-        float8 rows for ``q_linear`` (``--float8``), or ``None`` (unused when the caption :meth:`folds`)."""
+        float8 rows (``--float8``) for ``q_linear`` or the folded GEMMs (:meth:`reads_float8_rows`), or
+        ``None``; ``folded``: where the caption's folded context is kept across calls (one cache per caption,
+        :class:`PreparedCaption`), or ``None`` (folded anew)."""
         b, n, c = x.shape
         length = y.shape[1]
         if self.folds(x, length):
-            k, v = self.kv_linear(y).chunk(2, dim=-1)
-            return folded_cross_attention(x, k, v, self.q_linear, self.proj, self.num_heads, key_mask)
+            kernel = folded_kernel_path(x, self.num_heads, length, self.parameters())
+
+            def fold() -> FoldedContext:
+                k, v = self.kv_linear(y).chunk(2, dim=-1)
+                return fold_context(k, v, self.q_linear, self.proj, self.num_heads, key_mask, kernel=kernel)
+
+            context = fold() if folded is None else folded.context(self, x, kernel, fold)
+            return attend_folded(x, context, x_rows if kernel else None)
         q = linear(self.q_linear, x if x_rows is None else x_rows).view(b, n, self.num_heads, self.head_dim)
         q = q.transpose(1, 2)
         kv = self.kv_linear(y).view(b, length, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -502,10 +523,10 @@ class STDiT3Block(nn.Module):
         return gated_add(h, gate, x, keep_product=keep_output, fused=self.fused_kernel)
 
     def cross_attention(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None,
-                        x_rows: Float8Rows | None = None) -> torch.Tensor:
+                        x_rows: Float8Rows | None = None, folded: FoldedContextCache | None = None) -> torch.Tensor:
         """Cross-attention output (no norm, no gate; kept by PAB); ``x_rows``: ``x`` as float8 rows or
-        ``None``."""
-        return self.cross_attn(x, y, key_mask, x_rows)
+        ``None``; ``folded``: the caption's folded contexts kept across calls, or ``None``."""
+        return self.cross_attn(x, y, key_mask, x_rows, folded)
 
     def feed_forward(
         self, x: torch.Tensor, cross: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor,
@@ -530,6 +551,7 @@ class STDiT3Block(nn.Module):
         pab: PABRun | None = None,
         block: int = 0,
         parallel: ParallelState | None = None,
+        folded: FoldedContextCache | None = None,
     ) -> torch.Tensor:
         """One block step.
 
@@ -543,6 +565,8 @@ class STDiT3Block(nn.Module):
             pab: the request's PAB run or ``None``; block: the depth index.
             parallel: this rank's parallel state (``None``: one process); only the spatial self-attention
                 communicates.
+            folded: the caption's folded cross-attention contexts, kept across calls (``None``: folded
+                anew).
         """
         b, _, c = x.shape
         mods = (self.scale_shift_table[None] + t_mlp.reshape(b, 6, c)).chunk(6, dim=1)
@@ -551,9 +575,11 @@ class STDiT3Block(nn.Module):
 
         x_attn_in = x
         # float8: the self-attention's gate pass also writes its sum as the cross-attention's float8 input
-        # (nothing when PAB broadcasts the self-attention: q_linear then reads the sum in bf16; unused when
-        # PAB broadcasts the cross-attention; not made when the caption folds, which reads no q)
-        sum_rows: list[Float8Rows] | None = [] if self.float8 and not self.cross_attn.folds(x, y.shape[1]) else None
+        # (its q_linear, or the folded GEMMs on the GPU path; nothing when PAB broadcasts the
+        # self-attention: the cross-attention then reads the sum in bf16; unused when PAB broadcasts the
+        # cross-attention; not made for the CPU's folded torch ops)
+        reads_rows = self.float8 and self.cross_attn.reads_float8_rows(x, y.shape[1])
+        sum_rows: list[Float8Rows] | None = [] if reads_rows else None
         x = run_residual(
             pab,
             self.kind,
@@ -567,8 +593,8 @@ class STDiT3Block(nn.Module):
 
         x_cross_in = x
         x_rows = sum_rows[0] if sum_rows else None
-        cross = run_module(pab, "cross", block, lambda: self.cross_attention(x_cross_in, y, key_mask, x_rows),
-                           site=site)
+        cross = run_module(pab, "cross", block,
+                           lambda: self.cross_attention(x_cross_in, y, key_mask, x_rows, folded), site=site)
 
         # the MLP's residual is x + cross: its norm kernel makes the sum; a broadcast MLP adds it here
         return run_residual(
@@ -618,6 +644,23 @@ class FinalLayer(nn.Module):
 
 
 # -- the model --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparedCaption:
+    """A caption made ready for every denoiser call of a request (:meth:`STDiT3.prepare_caption`): the
+    embedded text ``[B, L', C]`` in the model dtype, its boolean key mask (``None``: every token valid) and
+    the cross-attentions' folded contexts, made on the first call and reused by the later ones. Valid for the
+    model that made it, while its weights do not change (a changed module's context is remade)."""
+
+    text: torch.Tensor
+    key_mask: torch.Tensor | None
+    folded: FoldedContextCache = dataclasses.field(default_factory=FoldedContextCache)
+
+    @property
+    def batch(self) -> int:
+        return self.text.shape[0]
+
 
 
 class STDiT3(nn.Module):
@@ -786,12 +829,20 @@ class STDiT3(nn.Module):
             key_mask = None if bool(mask.all()) else mask.to(y.device)
         return self.y_embedder(y.to(dtype)), key_mask
 
+    def prepare_caption(self, y: torch.Tensor, mask: torch.Tensor | None = None) -> PreparedCaption:
+        """The T5 features ``y`` ``[B, L, caption_channels]`` (and ``mask``, as :meth:`forward` takes them)
+        embedded once, for a request's denoiser calls: pass the result as ``forward``'s ``y`` (and no
+        ``mask``). The caption's embedding, its key / value projections and its folded cross-attention
+        contexts then run on the first call only."""
+        batch = y.shape[0] if y.ndim else 0
+        return PreparedCaption(*self._text(y, mask, batch, self.dtype))
+
     # -- forward ------------------------------------------------------------------------------------------------
     def forward(
         self,
         x: torch.Tensor,
         timestep: TensorOrNumber,
-        y: torch.Tensor,
+        y: torch.Tensor | PreparedCaption,
         mask: torch.Tensor | None = None,
         fps: TensorOrNumber | None = None,
         height: TensorOrNumber | None = None,
@@ -806,7 +857,7 @@ class STDiT3(nn.Module):
             x: noisy latents (any T/H/W; padded to patch multiples internally, the output is cropped back).
             timestep: ``[B]`` float timesteps in [0, 1000] (or one number for the batch).
             y: T5 features ``[B, L, caption_channels]`` (the unconditional branch: :attr:`null_caption` cut to
-                ``L`` tokens).
+                ``L`` tokens), or the same made ready by :meth:`prepare_caption` (then no ``mask``).
             mask: ``[B, L]`` bool or 0/1, ``True`` = valid token; ``None`` = all valid. Samples may differ.
             fps: frame rate per sample ``[B]`` or one number (default 24).
             height, width: the video's *pixel* size (numbers, or tensors whose first entry is used);
@@ -833,7 +884,16 @@ class STDiT3(nn.Module):
         fps_t = self._per_sample(fps, b, "fps", DEFAULT_FPS, device)
         t = self.t_embedder(ts, dtype) + self.fps_embedder(fps_t, dtype)  # [B, C]
         t_mlp = self.t_block(t)  # [B, 6C]
-        text, key_mask = self._text(y, mask, b, dtype)
+        folded: FoldedContextCache | None = None
+        if isinstance(y, PreparedCaption):
+            if mask is not None:
+                raise ValueError("mask must be None with a PreparedCaption (its mask was applied when it was made)")
+            if y.batch != b or y.text.dtype != dtype or y.text.device != device:
+                raise ValueError(f"the PreparedCaption holds {y.batch} caption(s) in {y.text.dtype} on "
+                                 f"{y.text.device}; this call has {b} sample(s) in {dtype} on {device}")
+            text, key_mask, folded = y.text, y.key_mask, y.folded
+        else:
+            text, key_mask = self._text(y, mask, b, dtype)
 
         # patches + 2D positions (one table shared by every frame)
         height_px = self._pixel_size(height, LATENT_TO_PIXEL * h_in, "height")
@@ -846,8 +906,9 @@ class STDiT3(nn.Module):
 
         rope = self.rope.cos_sin(frames, device) if frames > 1 else None
         for d, (spatial, temporal) in enumerate(zip(self.spatial_blocks, self.temporal_blocks)):
-            h = spatial(h, text, key_mask, t_mlp, frames, tokens, pab=pab, block=d, parallel=sp)
-            h = temporal(h, text, key_mask, t_mlp, frames, tokens, rope, pab=pab, block=d, parallel=sp)
+            h = spatial(h, text, key_mask, t_mlp, frames, tokens, pab=pab, block=d, parallel=sp, folded=folded)
+            h = temporal(h, text, key_mask, t_mlp, frames, tokens, rope, pab=pab, block=d, parallel=sp,
+                         folded=folded)
 
         h = self.final_layer(h, t)  # [B, T*S', pt*ph*pw*out], per token: gathered after it (fewer channels)
         h = comm.gather(h.view(b, frames, -1, h.shape[-1]), sp, dim=2, full_size=tokens)  # [B, T, S, ...]
