@@ -50,6 +50,8 @@ FLOAT8_DTYPE = torch.float8_e4m3fn
 FLOAT8_MAX = 448.0
 #: A row whose absolute maximum is below this keeps this scale (an all-zero row quantizes to zeros).
 MIN_AMAX = 1e-12
+#: The alignment in bytes cuBLAS needs of a scale vector's start (CUBLAS_STATUS_NOT_SUPPORTED otherwise).
+SCALE_ALIGN = 16
 #: The compute capability from which GPUs multiply e4m3 matrices (Ada 8.9, Hopper 9.0).
 MIN_CAPABILITY = (8, 9)
 
@@ -98,7 +100,10 @@ class Float8Rows:
         if self.values.ndim < 2 or not 0 <= index < self.values.shape[0]:
             raise ValueError(f"Float8Rows.select: no entry {index} in the first dimension of {list(self.shape)}")
         per_entry = self.scale.shape[0] // self.values.shape[0]
-        return Float8Rows(self.values[index], self.scale[index * per_entry:(index + 1) * per_entry], self.dtype)
+        scale = self.scale[index * per_entry:(index + 1) * per_entry]
+        if scale.data_ptr() % SCALE_ALIGN:  # cuBLAS refuses a row-scale vector that starts off 16 bytes
+            scale = scale.clone()
+        return Float8Rows(self.values[index], scale, self.dtype)
 
     def dequantize(self) -> torch.Tensor:
         k = self.values.shape[-1]
