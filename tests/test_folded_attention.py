@@ -98,6 +98,13 @@ def test_kernel_matches_the_unfolded_module_in_the_interpreter() -> None:
             # truncates float32 -> bf16 where the GPU rounds, so up to twice its rounding error there)
             assert errors[key + " kernel"] < bound, key
             assert errors[key + " kernel"] <= 2 * errors[key + " unfolded"], key
+    # --float8: the softmax writes e4m3 probabilities (times PROB_SCALE) as torch rounds them, zeros after
+    # them, and leaves the scores; STDiT3's module with float8 rows runs both GEMMs per group from e4m3
+    # operands (3 groups: 6), as the same arithmetic in torch does, a few percent from float32
+    assert errors["softmax e4m3 steps"] <= 1 and errors["softmax tail"] == 0 and errors["softmax scores kept"] == 1
+    assert errors["module float8 linears"] == 6
+    assert errors["module float8 vs torch float8"] < 0.01
+    assert errors["module bf16 kernel vs float32"] < errors["module float8 vs float32"] < 0.1
 
 
 def test_softmax_kernel_names_bad_arguments() -> None:
@@ -225,3 +232,78 @@ def test_stdit3_model_folded_and_unfolded_agree(monkeypatch: pytest.MonkeyPatch)
         unfolded = model(**inputs)
     assert len(calls) == 4
     torch.testing.assert_close(folded, unfolded, rtol=0, atol=1e-5)
+
+
+def _count_calls(modules: list[torch.nn.Module]) -> list[int]:
+    """A list that counts the forwards of ``modules`` (forward hooks; removed with the modules)."""
+    calls: list[int] = []
+    for m in modules:
+        m.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_stdit3_prepared_caption_keeps_the_folded_contexts_across_calls() -> None:
+    """A request's caption made ready once (``prepare_caption``): the same numbers as the raw caption on
+    every call, the caption's key / value projections and folding run on the first call only, and a
+    module whose weights change is folded again (only that one)."""
+    from videosys.models.opensora.stdit3 import PreparedCaption
+
+    model = make_stdit3(seed=0, num_heads=4, hidden_size=64)
+    g = torch.Generator().manual_seed(1)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    x, y = torch.randn(2, 4, 3, 4, 6, generator=g), torch.randn(2, 6, 32, generator=g)
+    t = torch.tensor([977.3, 40.0])
+    crosses = [m for m in model.modules() if isinstance(m, CrossAttention)]
+    projections = _count_calls([m.kv_linear for m in crosses])
+    with torch.no_grad():
+        prepared = model.prepare_caption(y, mask)
+        assert isinstance(prepared, PreparedCaption) and prepared.batch == 2
+        raw = model(x, t, y, mask)
+        assert len(projections) == 4
+        for _ in range(2):
+            projections.clear()
+            torch.testing.assert_close(model(x, t, prepared), raw, rtol=0, atol=0)
+        assert len(prepared.folded) == 4 and len(projections) == 0  # the second call folded nothing
+        crosses[1].proj.weight.mul_(1.5)
+        projections.clear()
+        changed_raw = model(x, t, y, mask)
+        projections.clear()
+        torch.testing.assert_close(model(x, t, prepared), changed_raw, rtol=0, atol=0)
+        assert len(projections) == 1 and not torch.equal(changed_raw, raw)
+
+
+def test_stdit3_prepared_caption_names_bad_use() -> None:
+    model = make_stdit3(seed=0, num_heads=4, hidden_size=64)
+    x, y = torch.randn(2, 4, 1, 4, 6), torch.randn(2, 6, 32)
+    with torch.no_grad():
+        prepared = model.prepare_caption(y)
+        with pytest.raises(ValueError, match="mask must be None with a PreparedCaption"):
+            model(x, 1.0, prepared, torch.ones(2, 6, dtype=torch.bool))
+        with pytest.raises(ValueError, match="holds 2 caption"):
+            model(x[:1], 1.0, prepared)
+        with pytest.raises(ValueError, match="y must be"):
+            model.prepare_caption(torch.randn(2, 6, 31))
+        with pytest.raises(ValueError, match="mask must be"):
+            model.prepare_caption(y, torch.ones(2, 5, dtype=torch.bool))
+
+
+def test_latte_keeps_its_captions_folded_contexts_in_a_cache() -> None:
+    """The tiny Latte given one FoldedContextCache over calls: the numbers without it, and the caption's
+    key / value projections on the first call only."""
+    from support import kernel_test_models
+
+    from videosys.models.layers.folded_attention import FoldedContextCache
+
+    latte, inputs = kernel_test_models()["latte"]
+    crosses = [m for m in latte.modules() if isinstance(m, Attention) and m.is_cross_attention]
+    assert crosses
+    projections = _count_calls([m.to_k for m in crosses])
+    cache = FoldedContextCache()
+    with torch.no_grad():
+        want = latte(**inputs)
+        assert len(projections) == len(crosses)
+        for _ in range(2):
+            projections.clear()
+            torch.testing.assert_close(latte(**inputs, folded=cache), want, rtol=0, atol=0)
+    assert len(cache) == len(crosses) and projections == []

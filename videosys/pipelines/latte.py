@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from ..config import ModelConfig
 from ..errors import WeightsNotFoundError
 from ..models.latte import LatteTransformer3D
+from ..models.layers.folded_attention import FoldedContextCache
 from ..pab import PABStats
 from ..parallel import ParallelState
 from ..parallel.decode import decode_split
@@ -102,6 +103,7 @@ class LattePipeline(Pipeline):
         in_channels = latents.shape[1]
         step_kwargs = self.scheduler_factory.step_kwargs
         both_branches = cfg and not self.parallel.cfg_enabled
+        folded = FoldedContextCache()  # the caption's folded cross-attention, made on the first call, reused
         with self.pab_run(request, [float(t) for t in timesteps]) as run:
             for t in tqdm(timesteps, desc="denoise", disable=not progress, leave=False):
                 run.begin_call()
@@ -109,7 +111,8 @@ class LattePipeline(Pipeline):
                 model_in = scheduler.scale_model_input(model_in, t)
                 # filled on the device (a copy of the host value would wait for the queue)
                 t_batch = torch.full((model_in.shape[0],), t.item(), dtype=t.dtype, device=self.device)
-                noise = self.cfg_join(transformer(model_in, t_batch, text, pab=run, parallel=self.parallel))
+                noise = self.cfg_join(transformer(model_in, t_batch, text, pab=run, parallel=self.parallel,
+                                                       folded=folded))
                 if cfg:
                     noise_uncond, noise_cond = noise.chunk(2)
                     noise = noise_uncond + request.guidance * (noise_cond - noise_uncond)

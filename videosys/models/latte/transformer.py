@@ -35,6 +35,7 @@ from ..layers.embeddings import (
     PatchEmbed2D,
     get_1d_sincos_pos_embed,
 )
+from ..layers.folded_attention import FoldedContextCache
 from ..layers.norms import modulate
 from ..weights import load_pretrained
 
@@ -234,6 +235,7 @@ class LatteTransformer3D(nn.Module):
         encoder_attention_mask: torch.Tensor | None = None,
         pab: PABRun | None = None,
         parallel: ParallelState | None = None,
+        folded: FoldedContextCache | None = None,
     ) -> torch.Tensor:
         """Predict ``[B, out_channels, F, H, W]`` from latents ``[B, in_channels, F, H, W]``.
 
@@ -246,6 +248,8 @@ class LatteTransformer3D(nn.Module):
                 Under sequence parallel its kept outputs are this rank's shards.
             parallel: this rank's parallel state; with ``sp_size > 1`` the frames are split over the
                 sequence-parallel ranks (every rank passes the same inputs and gets the whole output).
+            folded: where the cross-attentions keep the caption's folded form from one call to the next:
+                one cache per caption and mask (a request's; the pipeline makes it), or ``None``.
         """
         b, _, f, h, w = hidden_states.shape
         p = self.patch_size
@@ -281,7 +285,7 @@ class LatteTransformer3D(nn.Module):
         # Without sequence parallel the temporal blocks take the frame-major (B*F, n, D) tokens as they are
         # (their attention runs over the frames of each position); under SP they take (B*n, F_local, D).
         for i, (spatial, temporal) in enumerate(zip(self.transformer_blocks, self.temporal_transformer_blocks)):
-            x = spatial(x, t_mod, text, mask, pab=pab, kind="spatial", block=i)
+            x = spatial(x, t_mod, text, mask, pab=pab, kind="spatial", block=i, folded=folded)
             if sp is None:
                 # (the hook is called with three arguments when not sharded: subclasses/tests may replace it)
                 x = self.add_temporal_pos(x, i, f)

@@ -21,7 +21,14 @@ from videosys.kernels import fused_temporal_attention, fused_temporal_attention_
 from videosys.kernels.float8 import Float8Rows
 
 from .float8 import linear, stacked_linear
-from .folded_attention import folded_cross_attention, folds
+from .folded_attention import (
+    FoldedContext,
+    FoldedContextCache,
+    attend_folded,
+    fold_context,
+    folded_kernel_path,
+    folds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -176,12 +183,14 @@ class Attention(nn.Module):
         hidden_states: torch.Tensor,
         encoder_hidden_states: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
+        folded: FoldedContextCache | None = None,
     ) -> torch.Tensor:
         """Attend ``hidden_states`` ``[B, S, query_dim]`` to itself, or to ``encoder_hidden_states``
         ``[B, L, cross_attention_dim]``.
 
-        ``attention_mask``: optional boolean key mask ``[B, L_kv]`` (``True`` = attend).
-        Returns ``[B, S, query_dim]``.
+        ``attention_mask``: optional boolean key mask ``[B, L_kv]`` (``True`` = attend). ``folded``: where a
+        short context's folded form is kept across calls (one cache per context and mask: a request's
+        caption), or ``None`` (folded anew). Returns ``[B, S, query_dim]``.
         """
         if (
             encoder_hidden_states is None
@@ -206,8 +215,14 @@ class Attention(nn.Module):
             and not isinstance(hidden_states, Float8Rows)
             and folds(hidden_states, self.heads, context.shape[1], self.parameters(), kernels=self.fused_kernel)
         ):
-            k, v = linear(self.to_k, context), linear(self.to_v, context)
-            return folded_cross_attention(hidden_states, k, v, self.to_q, self.to_out[0], self.heads, key_mask)
+            kernel = folded_kernel_path(hidden_states, self.heads, context.shape[1], self.parameters())
+
+            def fold() -> FoldedContext:
+                k, v = linear(self.to_k, context), linear(self.to_v, context)
+                return fold_context(k, v, self.to_q, self.to_out[0], self.heads, key_mask, kernel=kernel)
+
+            kept = fold() if folded is None else folded.context(self, hidden_states, kernel, fold)
+            return attend_folded(hidden_states, kept)
         q = self._split_heads(linear(self.to_q, hidden_states))
         k = self._split_heads(linear(self.to_k, context))
         v = self._split_heads(linear(self.to_v, context))

@@ -36,6 +36,7 @@ from videosys.parallel import ParallelState, comm
 from .activations import linear_gelu_tanh
 from .attention import Attention
 from .float8 import mlp_gelu_tanh
+from .folded_attention import FoldedContextCache
 from .norms import add_norm_modulate, gated, norm_modulate
 
 logger = logging.getLogger(__name__)
@@ -188,14 +189,17 @@ class LatteBlock(nn.Module):
         return frame_shards.to_local_frames(self.attn1(frame_shards.to_all_frames(h)))
 
     def cross_attention(
-        self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None
+        self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
+        folded: FoldedContextCache | None = None,
     ) -> torch.Tensor:
         """attn2 of ``x`` ``[N, S, C]`` on ``context`` ``[G, L, C_ctx]`` (``N`` a multiple of ``G``: every
         sequence of a group sees the same context, so the group's queries are attended together, which is
-        the same per-query result as repeating the context per sequence)."""
+        the same per-query result as repeating the context per sequence); ``folded``: the context's folded
+        form kept across calls, or ``None``."""
         assert self.attn2 is not None
         n, s, c = x.shape
-        out = self.attn2(_grouped(x, context.shape[0]), encoder_hidden_states=context, attention_mask=context_mask)
+        out = self.attn2(_grouped(x, context.shape[0]), encoder_hidden_states=context, attention_mask=context_mask,
+                         folded=folded)
         return out.reshape(n, s, c)
 
     def mlp(
@@ -221,6 +225,7 @@ class LatteBlock(nn.Module):
         block: int = 0,
         frame_shards: FrameShards | None = None,
         frames: int | None = None,
+        folded: FoldedContextCache | None = None,
     ) -> torch.Tensor:
         """One block step.
 
@@ -239,6 +244,8 @@ class LatteBlock(nn.Module):
                 (``hidden_states`` holds this rank's frames, ``t_mod`` one row per video).
             frames: for a temporal block on frame-major tokens ``[videos * frames, S, C]`` (its
                 self-attention runs over the frames of each position; ``t_mod`` one row per video).
+            folded: the cross-attention context's folded form kept across calls (one cache per context,
+                e.g. a request's caption), or ``None``.
         """
         x = hidden_states
         n, _, c = x.shape
@@ -260,7 +267,7 @@ class LatteBlock(nn.Module):
                 raise ValueError("this block has cross-attention (attn2) and needs encoder_hidden_states")
             x_in = x
             cross = run_module(
-                pab, "cross", block, lambda: self.cross_attention(x_in, encoder_hidden_states, encoder_attention_mask)
+                pab, "cross", block, lambda: self.cross_attention(x_in, encoder_hidden_states, encoder_attention_mask, folded)
             )
 
         # the MLP's residual is x + cross: its norm kernel makes the sum; a broadcast MLP adds it here

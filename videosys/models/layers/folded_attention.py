@@ -247,8 +247,9 @@ class FoldedContextCache:
     module's first call and reused by its later ones: the folding's small GEMMs and copies (and the
     context's key / value projection) then run once per request instead of once per call.
 
-    An entry is remade when its module's parameters change (storage or in-place version), or the tokens'
-    device, dtype or path do. The context itself is the caller's promise: one cache per context."""
+    An entry is remade when its module's parameters change (storage, or in-place version where autograd
+    tracks one), or the tokens' device, dtype or path do. The context itself is the caller's promise: one
+    cache per context (and key mask)."""
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[nn.Module, tuple[Any, ...], FoldedContext]] = {}
@@ -260,7 +261,9 @@ class FoldedContextCache:
                 make: Callable[[], FoldedContext]) -> FoldedContext:
         """``module``'s folded context for tokens like ``x`` on the path ``kernel``: the kept one, or
         ``make()`` kept."""
-        stamp = (x.device, x.dtype, kernel, tuple((p.data_ptr(), p._version) for p in module.parameters()))
+        # (parameters made under inference mode track no version: their storage stands for them)
+        stamp = (x.device, x.dtype, kernel,
+                 tuple((p.data_ptr(), 0 if p.is_inference() else p._version) for p in module.parameters()))
         entry = self._entries.get(id(module))
         if entry is None or entry[0] is not module or entry[1] != stamp:
             entry = (module, stamp, make())
