@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from videosys.bench.timing import cuda_event_median_ms
 from videosys.kernels import fused_temporal_attention, temporal_attention_reference
 from videosys.kernels.float8 import (
-    Float8Rows,
     Float8Weight,
     float8_linear,
     float8_unavailable,
@@ -55,7 +54,11 @@ from videosys.kernels.modulation import (
 from videosys.kernels.rms_norm import rms_norm_rows
 from videosys.models.layers.attention import Attention
 from videosys.models.layers.float8 import linear, mlp_gelu_tanh
-from videosys.models.layers.folded_attention import FoldedContextCache
+from videosys.models.layers.folded_attention import (
+    attend_folded,
+    fold_context,
+    folded_kernel_path,
+)
 from videosys.models.layers.rope import RotaryEmbedding
 from videosys.models.opensora.stdit3 import CrossAttention, STDiT3Block
 
@@ -244,18 +247,19 @@ def bench_cross_attention(scale: float, device: str, dtype: torch.dtype, repeats
             if not module.folds(x_low, length):
                 continue
         # as in a request: the caption's folded context kept from the first call (PreparedCaption), and with
-        # --float8 the tokens' e4m3 rows (in the model made by the gate kernel before it) feeding both GEMMs
-        cache = FoldedContextCache()
+        # --float8 the tokens' e4m3 rows (in the model made by the gate kernel before it) feeding the first
+        # GEMM, and optionally e4m3 probabilities feeding the second (not the default: less accurate)
+        with torch.no_grad():
+            k, v = module.kv_linear(y_low).chunk(2, dim=-1)
+            context = fold_context(k, v, module.q_linear, module.proj, 16, kernel=folded_kernel_path(
+                x_low, 16, length, module.parameters()))
         rows = quantize_rows(x_low) if cuda and float8_unavailable(x_low.device) is None else None
-        for label, x_rows in (("folded, kept", None), ("folded, kept, float8", rows)):
-            if label.endswith("float8") and x_rows is None:
+        variants = [("folded, kept", None, False), ("folded, kept, float8", rows, False),
+                    ("kept, float8, e4m3 probs", rows, True)]
+        for label, x_rows, e4m3 in variants:
+            if "float8" in label and x_rows is None:
                 continue
-
-            def kept(x_rows: Float8Rows | None = x_rows) -> torch.Tensor:
-                module.fold_short_context = True
-                with torch.no_grad():
-                    return module(x_low, y_low, None, x_rows, cache)
-
+            kept = functools.partial(attend_folded, x_low, context, x_rows, float8_probabilities=e4m3)
             timed(f"L={length} {label}", kept, want, repeats, cuda)
             if cuda:
                 logger.info("  %-28s %8.3f ms GPU", "", kernel_ms_per_call(kept))

@@ -82,8 +82,9 @@ def e4m3_steps(got: torch.Tensor, want: torch.Tensor) -> float:
 
 def float8_cases() -> dict[str, float]:
     """``--float8``: the softmax kernel writing e4m3 probabilities, and STDiT3's folded cross-attention
-    reading float8 rows (both GEMMs from e4m3 operands) against the float32 unfolded module and against
-    the same float8 arithmetic written in torch from the module's own folded operands."""
+    reading float8 rows (its first GEMM from e4m3 operands; with ``float8_probabilities`` both) against the
+    float32 unfolded module and against the same float8 arithmetic written in torch from the module's own
+    folded operands."""
     g = torch.Generator().manual_seed(1)
     out: dict[str, float] = {}
     heads, keys = 4, 5
@@ -124,24 +125,33 @@ def float8_cases() -> dict[str, float]:
         module.fold_short_context = False
         exact = module(x, y, mask)
         bf16 = half(xb, yb, mask)
-        got = half(xb, yb, mask, rows)
+        got = half(xb, yb, mask, rows)  # the default: the first GEMM from e4m3 operands
+        first_linears = linears[0]
         k, v = half.kv_linear(yb).chunk(2, dim=-1)
         context = layer_module.fold_context(k, v, half.q_linear, half.proj, heads, mask, kernel=True)
-    out["module float8 linears"] = float(linears[0])
+        got_e4m3 = layer_module.attend_folded(xb, context, rows, float8_probabilities=True)
+    out["module float8 linears"] = float(first_linears)
+    out["e4m3 probabilities float8 linears"] = float(linears[0] - first_linears)
     out["module float8 vs float32"] = relative(got, exact)
+    out["e4m3 probabilities vs float32"] = relative(got_e4m3, exact)
     out["module bf16 kernel vs float32"] = relative(bf16, exact)
     # the same arithmetic in torch: e4m3 operands dequantized, the scores rounded to bf16, the probabilities
-    # to e4m3 (times PROB_SCALE), float32 products
+    # to bf16 (B in bf16, its output bias row) or to e4m3 times PROB_SCALE (B in e4m3, the bias added)
     a8, b8 = context.float8_operands()
-    emulated = []
-    for i in range(3):
-        xs = rows.values[i].float() * rows.scale[i * 70:(i + 1) * 70]
-        s = (xs @ (a8[i].weight.float() * a8[i].scale.t()).t()).bfloat16().float()[:, : heads * keys]
-        p = (s * context.scale + context.bias[i]).view(70, heads, keys).softmax(-1).view(70, heads * keys)
-        p8 = (p * kernel_module.PROB_SCALE).to(FLOAT8_DTYPE).float() / kernel_module.PROB_SCALE
-        b = (b8[i].weight.float() * b8[i].scale.t()).t()[: heads * keys]
-        emulated.append(p8 @ b + b8[i].bias.float())
-    out["module float8 vs torch float8"] = relative(got, torch.stack(emulated))
+    columns = heads * keys
+    for e4m3, key in ((False, "module float8 vs torch float8"), (True, "e4m3 probabilities vs torch float8")):
+        emulated = []
+        for i in range(3):
+            xs = rows.values[i].float() * rows.scale[i * 70:(i + 1) * 70]
+            s = (xs @ (a8[i].weight.float() * a8[i].scale.t()).t()).bfloat16().float()[:, :columns]
+            p = (s * context.scale + context.bias[i]).view(70, heads, keys).softmax(-1).view(70, columns)
+            if e4m3:
+                p8 = (p * kernel_module.PROB_SCALE).to(FLOAT8_DTYPE).float() / kernel_module.PROB_SCALE
+                b = (b8[i].weight.float() * b8[i].scale.t()).t()[:columns]
+                emulated.append(p8 @ b + b8[i].bias.float())
+            else:
+                emulated.append(p.bfloat16().float() @ context.b[i, :columns].float() + context.b[i, columns].float())
+        out[key] = relative(got_e4m3 if e4m3 else got, torch.stack(emulated))
     return out
 
 
