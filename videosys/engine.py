@@ -83,11 +83,11 @@ class VideoSysEngine:
     denoising, for one host-to-device copy per request). ``fused_kernels=False`` keeps the denoiser's
     attention on the torch path where a fused Triton kernel would apply (:mod:`videosys.kernels`; on by
     default, used only on CUDA devices with Triton). ``float8=True`` runs the denoiser blocks' linears that
-    read the norm + modulation, the MLP's second linear and (Open-Sora, where its caption does not fold:
-    :mod:`videosys.models.layers.folded_attention`) the cross-attention's q linear in float8 e4m3 with the
-    activations quantized by the kernels that make them (:mod:`videosys.kernels.float8`; eager CUDA on
-    compute capability 8.9+, i.e. Ada / Hopper; faster, and changes the numbers by a few percent per
-    linear: off by default).
+    read the norm + modulation, the MLP's second linear and (Open-Sora) the cross-attention's q linear, or
+    where its caption folds the first folded GEMM (:mod:`videosys.models.layers.folded_attention`), in
+    float8 e4m3 with the activations quantized by the kernels that make them
+    (:mod:`videosys.kernels.float8`; eager CUDA on compute capability 8.9+, i.e. Ada / Hopper; faster, and
+    changes the numbers by a few percent per linear: off by default).
     """
 
     def __init__(

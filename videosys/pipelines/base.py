@@ -81,7 +81,7 @@ class Pipeline(ABC):
 
     def enable_float8(self) -> None:
         """Run the denoiser's block linears that read the norm + modulation (and the MLP's second linear,
-        Open-Sora's cross-attention q linear where its caption does not fold) in float8 e4m3 from now on, where that applies
+        Open-Sora's cross-attention q linear, or its first folded GEMM) in float8 e4m3 from now on, where that applies
         (:mod:`videosys.kernels.float8`: eager CUDA on a GPU of compute capability 8.9+; changes the numbers
         by a few percent per linear)."""
         self.float8 = True

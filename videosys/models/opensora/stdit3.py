@@ -451,7 +451,7 @@ class STDiT3Block(nn.Module):
     def float8_linears(self) -> list[nn.Linear]:
         """The linears that read float8 rows when :attr:`float8` is on: the ``qkv`` and MLP linears, and the
         cross-attention's ``q_linear`` (fed by the self-attention's gate kernel; unused when the caption
-        folds)."""
+        folds, whose first GEMM then reads those rows: :meth:`CrossAttention.reads_float8_rows`)."""
         return [self.attn.qkv, self.mlp.fc1, self.mlp.fc2, self.cross_attn.q_linear]
 
     # -- the broadcastable pieces (each returns what PAB keeps) -------------------------------------------
