@@ -309,3 +309,25 @@ def test_latte_keeps_its_captions_folded_contexts_in_a_cache() -> None:
             projections.clear()
             torch.testing.assert_close(latte(**inputs, folded=cache), want, rtol=0, atol=0)
     assert len(cache) == len(crosses) and projections == []
+
+
+def test_fold_context_and_attend_folded_name_bad_input() -> None:
+    from videosys.models.layers.folded_attention import fold_context
+
+    q, out = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+    k = torch.randn(2, 3, 16)
+    with pytest.raises(ValueError, match="k and v"):
+        fold_context(k[0], k[0], q, out, heads=4, kernel=False)
+    with pytest.raises(ValueError, match="k and v"):
+        fold_context(k, k, q, out, heads=5, kernel=False)
+    with pytest.raises(ValueError, match="q_layer"):
+        fold_context(torch.randn(2, 3, 8), torch.randn(2, 3, 8), q, out, heads=4, kernel=False)
+    context = fold_context(k, k, q, out, heads=4, kernel=False)
+    with torch.no_grad():
+        assert attend_folded(torch.randn(2, 5, 16), context).shape == (2, 5, 16)
+        with pytest.raises(ValueError, match="for this folded context"):
+            attend_folded(torch.randn(3, 5, 16), context)  # another number of groups
+        with pytest.raises(ValueError, match="for this folded context"):
+            attend_folded(torch.randn(2, 5, 16, dtype=torch.float64), context)
+        with pytest.raises(ValueError, match="GPU path only"):
+            context.float8_operands()

@@ -16,6 +16,10 @@ thousands of video tokens. On the GPU the two products are cuBLAS GEMMs around o
 (:mod:`videosys.kernels.folded_attention`: the scale, the bias row and the per-head softmax in place, the
 output bias folded into the second GEMM).
 
+``A``, ``B`` and ``c`` depend on the context alone: :func:`fold_context` makes them (a
+:class:`FoldedContext`), :func:`attend_folded` applies them, and a :class:`FoldedContextCache` keeps each
+module's for as long as its context stays (a request's caption: made on its first denoiser call).
+
 A module that can fold holds a boolean ``fold_short_context`` attribute (default ``True``);
 :func:`use_folded_cross_attention` sets it on every such module of a model (``False``: always the unfolded
 path).
@@ -120,10 +124,10 @@ def fold_context(
     """The folded operands of ``out_layer(attention(q_layer(x), k, v))`` for context keys / values ``k``,
     ``v`` ``[G, L, H*D]`` (already projected) and boolean ``mask`` ``[G, L]`` (``True`` = valid key) or
     ``None``; ``kernel``: laid out for the GPU path (:func:`attend_folded`)."""
+    if k.ndim != 3 or k.shape[2] % heads or v.shape != k.shape:
+        raise ValueError(f"k and v must both be [G, L, {heads} x head_dim], got {list(k.shape)} and {list(v.shape)}")
     g, length = k.shape[:2]
     head_dim = k.shape[2] // heads
-    if k.ndim != 3 or k.shape[2] != heads * head_dim or v.shape != k.shape:
-        raise ValueError(f"k and v must both be [G, L, {heads} x head_dim], got {list(k.shape)} and {list(v.shape)}")
     if q_layer.out_features != heads * head_dim:
         raise ValueError(f"q_layer maps {q_layer.in_features} -> {q_layer.out_features}, the keys have "
                          f"{heads * head_dim} channels")
