@@ -277,3 +277,21 @@ def test_linear_gelu_tanh_forms(bias: bool) -> None:
     torch.testing.assert_close(fused, want, rtol=0, atol=1e-3)
     if bias:
         assert not torch.equal(fused, want)  # the epilogue ran (exact GELU on the CPU)
+
+
+def test_autograd_off_walks_the_parameters_only_when_grad_mode_is_on() -> None:
+    from videosys.kernels.common import autograd_off
+
+    def never_walked():
+        raise AssertionError("the parameters were walked with grad mode off")
+        yield  # a generator
+
+    trainable = torch.nn.Linear(2, 2)
+    x = torch.zeros(2)
+    with torch.no_grad():
+        assert autograd_off(x, params=never_walked())
+    with torch.inference_mode():
+        assert autograd_off(x, params=never_walked())
+    assert not autograd_off(x, params=trainable.parameters())  # grad mode on, a parameter that wants grads
+    assert not autograd_off(x.requires_grad_())
+    assert autograd_off(torch.zeros(2), params=trainable.requires_grad_(False).parameters())

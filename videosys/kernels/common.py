@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
+from collections.abc import Iterable
 
 import torch
 
@@ -25,11 +27,15 @@ def triton_available() -> bool:
     return _triton_installed()
 
 
-def autograd_off(*tensors: torch.Tensor | None) -> bool:
-    """Whether autograd records nothing for ops on ``tensors``: grad mode is off (the pipelines denoise under
+def autograd_off(*tensors: torch.Tensor | None, params: Iterable[torch.Tensor] = ()) -> bool:
+    """Whether autograd records nothing for ops on ``tensors`` and ``params`` (e.g. a module's
+    ``parameters()``, walked only when grad mode is on: a walk per check cost the host ~10% of a float8
+    Open-Sora call; docs/benchmarks.md, twelfth session): grad mode is off (the pipelines denoise under
     ``torch.inference_mode``) or none of them requires a gradient. The Triton kernels have no backward, so
     where autograd records (training, fine-tuning) the torch path runs."""
-    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
+    if not torch.is_grad_enabled():
+        return True
+    return not any(t is not None and t.requires_grad for t in itertools.chain(tensors, params))
 
 
 def next_power_of_2(n: int) -> int:

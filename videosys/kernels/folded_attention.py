@@ -61,7 +61,7 @@ def folded_attention_kernel_applies(x: torch.Tensor, heads: int, keys: int,
         and triton_available()
         and x.dtype in HALF_DTYPES
         and 0 < heads * keys <= x.shape[-1]
-        and autograd_off(x, *params)
+        and autograd_off(x, params=params)
     )
 
 

@@ -76,7 +76,7 @@ def fused_temporal_attention_applies(
         and 2 <= frames <= MAX_FRAMES
         and head_dim <= MAX_HEAD_DIM
         and head_dim % 2 == 0
-        and autograd_off(x, *params)
+        and autograd_off(x, params=params)
     )
 
 
