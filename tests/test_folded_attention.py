@@ -31,25 +31,17 @@ def _both(module: torch.nn.Module, *args: object) -> tuple[torch.Tensor, torch.T
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch, module: object) -> list[int]:
-    """Count the folded calls made through ``module``'s imported ``folded_cross_attention`` (STDiT3's
-    cross-attention folds, or takes its kept context, then calls ``attend_folded``)."""
+    """Count the folded calls made through ``module``'s imported ``attend_module_folded`` (STDiT3, Attention)
+    or, for the layer module itself, ``folded_cross_attention``."""
     calls: list[int] = []
-    if hasattr(module, "attend_folded"):
-        original_attend = attend_folded
-
-        def counted_attend(*args: object, **kwargs: object) -> torch.Tensor:
-            calls.append(1)
-            return original_attend(*args, **kwargs)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(module, "attend_folded", counted_attend)
-        return calls
-    original = folded_cross_attention
+    name = "attend_module_folded" if hasattr(module, "attend_module_folded") else "folded_cross_attention"
+    original = getattr(module, name)
 
     def counted(*args: object, **kwargs: object) -> torch.Tensor:
         calls.append(1)
-        return original(*args, **kwargs)  # type: ignore[arg-type]
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(module, "folded_cross_attention", counted)
+    monkeypatch.setattr(module, name, counted)
     return calls
 
 

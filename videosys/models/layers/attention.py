@@ -21,14 +21,7 @@ from videosys.kernels import fused_temporal_attention, fused_temporal_attention_
 from videosys.kernels.float8 import Float8Rows
 
 from .float8 import linear, stacked_linear
-from .folded_attention import (
-    FoldedContext,
-    FoldedContextCache,
-    attend_folded,
-    fold_context,
-    folded_kernel_path,
-    folds,
-)
+from .folded_attention import FoldedContextCache, attend_module_folded, folds
 
 logger = logging.getLogger(__name__)
 
@@ -215,14 +208,9 @@ class Attention(nn.Module):
             and not isinstance(hidden_states, Float8Rows)
             and folds(hidden_states, self.heads, context.shape[1], self.parameters(), kernels=self.fused_kernel)
         ):
-            kernel = folded_kernel_path(hidden_states, self.heads, context.shape[1], self.parameters())
-
-            def fold() -> FoldedContext:
-                k, v = linear(self.to_k, context), linear(self.to_v, context)
-                return fold_context(k, v, self.to_q, self.to_out[0], self.heads, key_mask, kernel=kernel)
-
-            kept = fold() if folded is None else folded.context(self, hidden_states, kernel, fold)
-            return attend_folded(hidden_states, kept)
+            return attend_module_folded(self, hidden_states, context.shape[1],
+                                        lambda: (linear(self.to_k, context), linear(self.to_v, context)),
+                                        self.to_q, self.to_out[0], self.heads, key_mask, cache=folded)
         q = self._split_heads(linear(self.to_q, hidden_states))
         k = self._split_heads(linear(self.to_k, context))
         v = self._split_heads(linear(self.to_v, context))

@@ -52,6 +52,7 @@ __all__ = [
     "FoldedContext",
     "FoldedContextCache",
     "attend_folded",
+    "attend_module_folded",
     "fold_context",
     "folded_cross_attention",
     "folded_kernel_path",
@@ -197,6 +198,33 @@ def folded_kernel_path(x: torch.Tensor, heads: int, keys: int, params: Iterable[
     return folded_attention_kernel_applies(x, heads, keys, params)
 
 
+def attend_module_folded(
+    module: nn.Module,
+    x: torch.Tensor,
+    keys: int,
+    keys_values: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    q_layer: nn.Linear,
+    out_layer: nn.Linear,
+    heads: int,
+    mask: torch.Tensor | None = None,
+    *,
+    cache: FoldedContextCache | None = None,
+    x_rows: Float8Rows | None = None,
+) -> torch.Tensor:
+    """A module's folded cross-attention of ``x`` ``[G, N, C]`` over a context of ``keys`` tokens: its
+    folded form taken from ``cache`` (made there on a miss) or made now from ``keys_values()`` (the
+    context's projected keys and values ``[G, L, H*D]``), then :func:`attend_folded` (with ``x_rows`` on
+    the GPU path)."""
+    kernel = folded_kernel_path(x, heads, keys, module.parameters())
+
+    def fold() -> FoldedContext:
+        k, v = keys_values()
+        return fold_context(k, v, q_layer, out_layer, heads, mask, kernel=kernel)
+
+    context = fold() if cache is None else cache.context(module, x, kernel, fold)
+    return attend_folded(x, context, x_rows if kernel else None)
+
+
 def folded_cross_attention(
     x: torch.Tensor,
     k: torch.Tensor,
@@ -214,12 +242,9 @@ def folded_cross_attention(
     ``out_layer``'s bias alone (the attention's zeros, as :func:`videosys.models.layers.attention.matmul_attention`
     defines that case). Returns ``[G, N, C_out]`` in ``x``'s dtype.
     """
-    g, _, c = x.shape
-    if k.ndim != 3 or k.shape[0] != g:
-        raise ValueError(f"k and v must both be [{g}, L, {heads} x head_dim], got {list(k.shape)} and {list(v.shape)}")
-    if q_layer.in_features != c:
-        raise ValueError(f"q_layer maps {q_layer.in_features} -> {q_layer.out_features}, the tokens have {c} "
-                         f"channels")
+    if q_layer.in_features != x.shape[-1]:
+        raise ValueError(f"q_layer maps {q_layer.in_features} -> {q_layer.out_features}, the tokens have "
+                         f"{x.shape[-1]} channels")
     kernel = folded_kernel_path(x, heads, k.shape[1], (*q_layer.parameters(), *out_layer.parameters()))
     return attend_folded(x, fold_context(k, v, q_layer, out_layer, heads, mask, kernel=kernel))
 

@@ -72,14 +72,7 @@ from ..config_values import is_int, is_number
 from ..layers.float8 import linear, mlp_gelu_tanh
 from ..layers.attention import scaled_dot_product
 from ..layers.embeddings import timestep_sinusoids
-from ..layers.folded_attention import (
-    FoldedContext,
-    FoldedContextCache,
-    attend_folded,
-    fold_context,
-    folded_kernel_path,
-    folds,
-)
+from ..layers.folded_attention import FoldedContextCache, attend_module_folded, folded_kernel_path, folds
 from ..layers.norms import RMSNorm, add_norm_modulate, gated_add, gated_add_float8, modulate, norm_modulate
 from ..layers.rope import RotaryEmbedding, apply_rotary
 from ..weights import load_pretrained
@@ -405,14 +398,8 @@ class CrossAttention(nn.Module):
         b, n, c = x.shape
         length = y.shape[1]
         if self.folds(x, length):
-            kernel = folded_kernel_path(x, self.num_heads, length, self.parameters())
-
-            def fold() -> FoldedContext:
-                k, v = self.kv_linear(y).chunk(2, dim=-1)
-                return fold_context(k, v, self.q_linear, self.proj, self.num_heads, key_mask, kernel=kernel)
-
-            context = fold() if folded is None else folded.context(self, x, kernel, fold)
-            return attend_folded(x, context, x_rows if kernel else None)
+            return attend_module_folded(self, x, length, lambda: self.kv_linear(y).chunk(2, dim=-1), self.q_linear,
+                                        self.proj, self.num_heads, key_mask, cache=folded, x_rows=x_rows)
         q = linear(self.q_linear, x if x_rows is None else x_rows).view(b, n, self.num_heads, self.head_dim)
         q = q.transpose(1, 2)
         kv = self.kv_linear(y).view(b, length, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
