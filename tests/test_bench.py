@@ -187,3 +187,20 @@ def test_counting_syncs_without_a_gpu_says_so() -> None:
 
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         count_syncs(lambda: None)
+
+
+def test_bench_command_takes_other_sizes_and_names_a_bad_one(tiny_opensora_dir, tmp_path, capsys) -> None:
+    import json
+
+    from videosys.cli import main
+
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--model", "opensora", "--weights", str(tiny_opensora_dir), "--device", "cpu", "--steps", "2",
+            "--repeats", "1", "--warmup", "0", "--pab", "none", "--resolution", "144p", "--aspect", "1:1",
+            "--frames", "16", "--json", str(out)]
+    assert main(argv) == 0
+    request = json.loads(out.read_text())["opensora"]["request"]
+    assert (request["frames"], request["height"], request["width"]) == (16, 192, 192)
+    assert "16 x 192 x 192" in capsys.readouterr().out
+    assert main([*argv[:-2], "--resolution", "999p"]) != 0
+    assert "resolution: '999p' not allowed" in capsys.readouterr().err

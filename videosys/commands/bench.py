@@ -22,6 +22,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed requests per setting (median)")
     p.add_argument("--warmup", type=int, default=1, help="untimed requests per setting first")
     p.add_argument("--steps", type=int, default=None, help="override the paper's step count (shorter runs)")
+    p.add_argument("--resolution", default=None,
+                   help="another size than the paper's where the model has a size table (Open-Sora: 144p to 720p)")
+    p.add_argument("--aspect", default=None, help="the aspect of --resolution (Open-Sora: e.g. 9:16, 1:1)")
+    p.add_argument("--frames", default=None,
+                   help="another frame count than the paper's (a number, or a model's alias such as Open-Sora's 4s)")
     p.add_argument("--weights", default="random", help="'random' (default) or a checkpoint folder")
     p.add_argument("--device", default="cuda")
     p.add_argument("--compare-diffusers", action="store_true",
@@ -48,14 +53,17 @@ def run_bench_command(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError(f"repeats: {args.repeats} / warmup: {args.warmup} not allowed (allowed: repeats >= 1, warmup >= 0)")
     presets = [p for p in args.pab.split(",") if p and p != "none"] if args.pab is not None else None
-    overrides = {"steps": args.steps} if args.steps else {}
+    sizes = {"steps": args.steps, "resolution": args.resolution, "aspect": args.aspect,
+             "frames": int(args.frames) if args.frames and args.frames.isdigit() else args.frames}
+    overrides = {k: v for k, v in sizes.items() if v}  # the requests validate them per model
     out: dict[str, object] = {}
     for model in [m for m in args.model.split(",") if m]:
         report = run_bench(model, pab=presets, repeats=args.repeats, warmup=args.warmup, overrides=overrides,
                            device=args.device, weights=args.weights, pab_cache=args.pab_cache, prompt=args.prompt,
                            engine_kwargs={**pool_kwargs(args), "compile": args.compile,
                                           "offload_text_encoder": args.offload_text_encoder,
-                                          "fused_kernels": args.fused_kernels, "float8": args.float8})
+                                          "fused_kernels": args.fused_kernels, "float8": args.float8,
+                                          "cuda_graphs": args.cuda_graphs})
         print(report.markdown() + "\n")
         out[model] = report.as_dict()
     if args.compare_diffusers:
