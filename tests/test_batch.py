@@ -348,7 +348,7 @@ def test_cli_lists_all_errors_with_exit_code_2(tiny_latte_dir, tmp_path, capsys)
     assert err == [
         f"videosys: error: batch config in {tmp_path / 'bad.yaml'}: 6 errors",
         ("  model.colour: unknown key (allowed: name, weights, device, dtype, compile, offload_text_encoder, "
-         "fused_kernels, float8)"),
+         "fused_kernels, float8, cuda_graphs)"),
         "  prompts[1]: 42 not allowed (allowed: a prompt string, or a mapping with a prompt and overrides)",
         ("  p.csv:1: unknown column(s) 'colour' (allowed: prompt, name, seed, frames, height, width, resolution, "
          "aspect, negative_prompt, steps, guidance, fps, pab, videos)"),

@@ -249,7 +249,7 @@ def test_engine_switch_reaches_the_loaded_denoiser(model: str, request: pytest.F
 
 
 @pytest.mark.parametrize("command", [["generate", "x"], ["bench"]])
-def test_cli_no_fused_kernels_and_float8(command: list[str]) -> None:
+def test_cli_no_fused_kernels_float8_and_no_cuda_graphs(command: list[str]) -> None:
     from videosys.cli import build_parser
 
     parser = build_parser()
@@ -257,6 +257,8 @@ def test_cli_no_fused_kernels_and_float8(command: list[str]) -> None:
     assert parser.parse_args([*command, "--no-fused-kernels"]).fused_kernels is False
     assert parser.parse_args(command).float8 is False
     assert parser.parse_args([*command, "--float8"]).float8 is True
+    assert parser.parse_args(command).cuda_graphs is True
+    assert parser.parse_args([*command, "--no-cuda-graphs"]).cuda_graphs is False
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -55,12 +55,16 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 def add_fused_kernels_argument(p: argparse.ArgumentParser) -> None:
     """``--no-fused-kernels``: the torch path where a fused Triton kernel would apply (videosys.kernels);
-    ``--float8``: float8 block linears where they apply (videosys.kernels.float8)."""
+    ``--float8``: float8 block linears where they apply (videosys.kernels.float8); ``--no-cuda-graphs``:
+    every denoiser call eager (videosys.pipelines.cuda_graph)."""
     p.add_argument("--no-fused-kernels", dest="fused_kernels", action="store_false",
                    help="keep the attention on the torch path where a fused Triton kernel would apply (GPU)")
     p.add_argument("--float8", action="store_true",
                    help="run the denoiser blocks' main linears in float8 e4m3 (Ada / Hopper GPUs, eager mode; "
                         "faster, changes the numbers by a few percent per linear)")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="run every denoiser call eagerly (default: replay a CUDA graph of a request's call where "
+                        "every call does the same work: one GPU, PAB off, no --compile)")
 
 
 def add_pab_cache_argument(p: argparse.ArgumentParser) -> None:
@@ -142,7 +146,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     engine = VideoSysEngine(model=args.model, weights=args.weights, device=args.device, dtype=args.dtype,
                             pab=with_cache_format(args.pab, args.pab_cache), progress=not args.no_progress,
                             compile=args.compile, offload_text_encoder=args.offload_text_encoder,
-                            fused_kernels=args.fused_kernels, float8=args.float8, **pool_kwargs(args))
+                            fused_kernels=args.fused_kernels, float8=args.float8, cuda_graphs=args.cuda_graphs,
+                            **pool_kwargs(args))
     with engine:
         return _generate_with(engine, args, out)
 

@@ -88,6 +88,9 @@ class VideoSysEngine:
     float8 e4m3 with the activations quantized by the kernels that make them
     (:mod:`videosys.kernels.float8`; eager CUDA on compute capability 8.9+, i.e. Ada / Hopper; faster, and
     changes the numbers by a few percent per linear: off by default).
+    ``cuda_graphs=False`` runs every denoiser call eagerly; by default a request's calls replay a CUDA graph
+    of its second call where every call does the same work (one CUDA rank, no ``compile``, a PAB run that
+    broadcasts nothing: :mod:`videosys.pipelines.cuda_graph`; the same numbers, fewer host launches).
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class VideoSysEngine:
         offload_text_encoder: bool = False,
         fused_kernels: bool = True,
         float8: bool = False,
+        cuda_graphs: bool = True,
     ) -> None:
         layout = PoolLayout(world_size, ParallelConfig(sp=sp, cfg=cfg_parallel))  # bad layouts fail first
         pool = world_size > 1 or ray_address is not None
@@ -138,6 +142,7 @@ class VideoSysEngine:
         self.offload_text_encoder = bool(offload_text_encoder)
         self.fused_kernels = bool(fused_kernels)
         self.float8 = bool(float8)
+        self.cuda_graphs = bool(cuda_graphs)
         spec = self.pipeline_spec()
         self.layout = layout
         self._executor: Executor = (RayExecutor(spec, layout, address=ray_address, placement=placement,
@@ -151,7 +156,7 @@ class VideoSysEngine:
                             device=str(self.device), dtype=self.dtype,
                             random_of=self.spec.name if self.random_weights else None, compile=self.compile,
                             offload_text_encoder=self.offload_text_encoder, fused_kernels=self.fused_kernels,
-                            float8=self.float8)
+                            float8=self.float8, cuda_graphs=self.cuda_graphs)
 
     @property
     def model(self) -> str:

@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 ConfigSource = str | Path | BatchConfig | Mapping[str, Any]
 
 _ENGINE_FIELDS = tuple(f"{section}.{key}:" for section, keys in (
-    ("model", ("name", "weights", "device", "dtype", "compile", "offload_text_encoder", "fused_kernels", "float8")),
+    ("model", ("name", "weights", "device", "dtype", "compile", "offload_text_encoder", "fused_kernels", "float8",
+               "cuda_graphs")),
     ("parallel", ("world_size", "sp", "cfg_parallel", "ray_address"))) for key in keys) + ("model:", "parallel:")
 
 
@@ -164,7 +165,7 @@ def prepare_batch(config: ConfigSource, overrides: Sequence[str] = (), *, world_
                 m.name, weights=resolve_input_path(m.weights, loaded.base_dir), device=m.device, dtype=m.dtype,
                 progress=False, world_size=par.world_size, sp=par.sp, cfg_parallel=par.cfg_parallel,
                 ray_address=par.ray_address, compile=m.compile, offload_text_encoder=m.offload_text_encoder,
-                fused_kernels=m.fused_kernels, float8=m.float8)
+                fused_kernels=m.fused_kernels, float8=m.float8, cuda_graphs=m.cuda_graphs)
         except (VideoSysError, ParallelConfigError, ValueError) as exc:
             errors.append(_engine_error(exc))
     items: list[BatchItem] = []

@@ -25,7 +25,8 @@ class ModelSection:
     default), the device/dtype (``None``: the engine's defaults), and the engine's speed/memory options
     (``compile``: torch.compile of the denoiser's block pieces; ``offload_text_encoder``: the text encoder in
     host memory between prompts; ``fused_kernels``: ``false`` keeps the torch path where a fused Triton kernel
-    would apply; ``float8``: float8 block linears where they apply)."""
+    would apply; ``float8``: float8 block linears where they apply; ``cuda_graphs``: ``false`` runs every
+    denoiser call eagerly instead of replaying a CUDA graph where that applies)."""
 
     name: str = "latte"
     weights: str | None = None
@@ -35,6 +36,7 @@ class ModelSection:
     offload_text_encoder: bool = False
     fused_kernels: bool = True
     float8: bool = False
+    cuda_graphs: bool = True
 
 
 @dataclass

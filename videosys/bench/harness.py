@@ -236,6 +236,8 @@ def _bench(engine: Any, pab: Sequence[str] | None, repeats: int, warmup: int, ov
             calls += 1
 
         handle = denoiser.register_forward_pre_hook(count_call)
+        pipeline = engine.load()._executor.pipeline
+        graphs, pipeline.cuda_graphs = pipeline.cuda_graphs, False  # every call of this one runs the model's forward
         try:
             # warm-up, FLOPs of one call, calls per request
             first = engine.generate_requests([requests["none"]])[0]
@@ -243,6 +245,7 @@ def _bench(engine: Any, pab: Sequence[str] | None, repeats: int, warmup: int, ov
             counter.remove()
             executed.remove()
             handle.remove()
+            pipeline.cuda_graphs = graphs
         call_flops = counter.flops
         executed_flops = executed.flops if calls > 1 else call_flops
     else:

@@ -16,7 +16,7 @@ import torch
 from .config import ALL_KINDS, ATTENTION_KINDS, check_cache_format
 from .kept import keep as keep_output
 from .kept import kept_nbytes, restore
-from .scheduler import MLP_REUSE, MLP_STORE, PABPlan
+from .scheduler import MLP_COMPUTE, MLP_REUSE, MLP_STORE, PABPlan
 
 T = TypeVar("T")
 
@@ -84,6 +84,27 @@ class PABRun:
             )
         self._call += 1
         return self._call
+
+    @property
+    def repeats_one_call(self) -> bool:
+        """Whether every denoiser call of this run does the same work: the plan broadcasts and keeps
+        nothing and no observer watches the outputs (so a captured call can be replayed; :meth:`count_call`
+        then keeps the counters)."""
+        plan = self.plan
+        return (
+            self.observer is None
+            and not any(any(flags) for flags in plan.broadcast.values())
+            and not any(any(flags) for flags in plan.keep.values())
+            and (not plan.mlp_blocks or all(action == MLP_COMPUTE for action in plan.mlp_actions))
+        )
+
+    def count_call(self, computed: dict[str, int]) -> None:
+        """Count a call that ran without this run's bookkeeping (a replayed CUDA graph of a call that
+        computed ``computed`` modules per kind); only for a run that :attr:`repeats_one_call`."""
+        if not self.repeats_one_call:
+            raise RuntimeError("PAB: only a run whose calls all do the same work can count a replayed call")
+        for kind, n in computed.items():
+            self.stats.computed[kind] += n
 
     # -- the decision -----------------------------------------------------------------------------
     def compute_or_broadcast(self, kind: str, block: int, fn: Callable[[], T], site: str = "") -> T:

@@ -19,6 +19,7 @@ from ..pab import PABRun, PABScheduler, PABStats
 from ..parallel import ParallelState, comm
 from ..request import GenerationRequest
 from ..result import GenerationResult
+from .cuda_graph import GraphedDenoiser, graphs_apply
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class Pipeline(ABC):
     fused_kernels: bool = True
     #: whether the denoiser's blocks run float8 linears where they apply (:meth:`enable_float8`)
     float8: bool = False
+    #: whether a request's denoiser calls replay a CUDA graph where that applies (:meth:`denoiser_calls`)
+    cuda_graphs: bool = True
     #: the text encoder's host copies while it is offloaded (:meth:`enable_text_encoder_offload`)
     text_encoder_visits: DeviceVisits | None = None
     parallel: ParallelState
@@ -78,6 +81,18 @@ class Pipeline(ABC):
                                "torch-path blocks keep their bf16 / fp16 linears")
         if self.compile_denoiser:
             compile_pieces(self.transformer)
+
+    def disable_cuda_graphs(self) -> None:
+        """Run every denoiser call eagerly from now on (no CUDA graph replays: :meth:`denoiser_calls`)."""
+        self.cuda_graphs = False
+
+    def denoiser_calls(self, run: PABRun, call: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """``call`` (one denoiser call of a request: its per-step tensors in, the output out), replayed from
+        a CUDA graph after its first call where that applies (:mod:`videosys.pipelines.cuda_graph`: one
+        CUDA rank, eager blocks, a PAB run that repeats one call), else ``call`` itself."""
+        if self.cuda_graphs and graphs_apply(self.device, self.parallel.world_size, self.compile_denoiser, run):
+            return GraphedDenoiser(call, run)
+        return call
 
     def enable_float8(self) -> None:
         """Run the denoiser's block linears that read the norm + modulation (and the MLP's second linear,

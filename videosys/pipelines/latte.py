@@ -105,14 +105,15 @@ class LattePipeline(Pipeline):
         both_branches = cfg and not self.parallel.cfg_enabled
         folded = FoldedContextCache()  # the caption's folded cross-attention, made on the first call, reused
         with self.pab_run(request, [float(t) for t in timesteps]) as run:
+            denoiser = self.denoiser_calls(run, lambda model_in, t_batch: transformer(
+                model_in, t_batch, text, pab=run, parallel=self.parallel, folded=folded))
             for t in tqdm(timesteps, desc="denoise", disable=not progress, leave=False):
                 run.begin_call()
                 model_in = torch.cat([latents, latents]) if both_branches else latents
                 model_in = scheduler.scale_model_input(model_in, t)
                 # filled on the device (a copy of the host value would wait for the queue)
                 t_batch = torch.full((model_in.shape[0],), t.item(), dtype=t.dtype, device=self.device)
-                noise = self.cfg_join(transformer(model_in, t_batch, text, pab=run, parallel=self.parallel,
-                                                       folded=folded))
+                noise = self.cfg_join(denoiser(model_in, t_batch))
                 if cfg:
                     noise_uncond, noise_cond = noise.chunk(2)
                     noise = noise_uncond + request.guidance * (noise_cond - noise_uncond)

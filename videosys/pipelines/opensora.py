@@ -114,13 +114,14 @@ class OpenSoraPipeline(Pipeline):
         fps = torch.full((batch,), float(request.fps), device=self.device, dtype=self.dtype)
         height, width = (float(torch.tensor(float(v), dtype=self.dtype)) for v in (request.height, request.width))
         with self.pab_run(request, schedule.model_timesteps) as run:
+            denoiser = self.denoiser_calls(run, lambda z_in, t: self.transformer(
+                z_in, t, caption, None, fps=fps, height=height, width=width, pab=run, parallel=self.parallel))
             for i in tqdm(range(len(schedule)), desc="denoise", disable=not progress, leave=False):
                 run.begin_call()
                 z_in = z.to(self.dtype)
                 z_in = torch.cat([z_in, z_in]) if both_branches else z_in
                 t = torch.full((batch,), schedule.timesteps[i], device=self.device)
-                out = self.transformer(z_in, t, caption, None, fps=fps, height=height, width=width, pab=run,
-                                       parallel=self.parallel)
+                out = denoiser(z_in, t)
                 v = self.cfg_join(out[:, : self.in_channels].float())  # learned sigma: the velocity is the first half
                 if cfg:
                     v_cond, v_uncond = v.chunk(2)

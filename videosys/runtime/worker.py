@@ -35,6 +35,7 @@ class PipelineSpec:
     offload_text_encoder: bool = False  # text encoder in host memory between requests (videosys.models.offload)
     fused_kernels: bool = True  # fused Triton kernels where they apply (videosys.kernels)
     float8: bool = False  # float8 block linears where they apply (videosys.kernels.float8)
+    cuda_graphs: bool = True  # denoiser calls replayed from a CUDA graph where that applies
 
     def device_for(self, local_rank: int = 0) -> torch.device:
         device = torch.device(self.device)
@@ -58,6 +59,8 @@ class PipelineSpec:
             pipeline.disable_fused_kernels()
         if self.float8:
             pipeline.enable_float8()
+        if not self.cuda_graphs:
+            pipeline.disable_cuda_graphs()
         if self.compile:
             pipeline.enable_compile()
         if self.offload_text_encoder:
