@@ -63,8 +63,8 @@ def add_fused_kernels_argument(p: argparse.ArgumentParser) -> None:
                    help="run the denoiser blocks' main linears in float8 e4m3 (Ada / Hopper GPUs, eager mode; "
                         "faster, changes the numbers by a few percent per linear)")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
-                   help="run every denoiser call eagerly (default: replay a CUDA graph of a request's call where "
-                        "every call does the same work: one GPU, PAB off, no --compile)")
+                   help="run every denoiser call eagerly (default: replay CUDA graphs of a request's calls where "
+                        "the GPU waits on the host, e.g. small sizes: one GPU, no --compile)")
 
 
 def add_pab_cache_argument(p: argparse.ArgumentParser) -> None:

@@ -88,9 +88,10 @@ class VideoSysEngine:
     float8 e4m3 with the activations quantized by the kernels that make them
     (:mod:`videosys.kernels.float8`; eager CUDA on compute capability 8.9+, i.e. Ada / Hopper; faster, and
     changes the numbers by a few percent per linear: off by default).
-    ``cuda_graphs=False`` runs every denoiser call eagerly; by default a request's calls replay a CUDA graph
-    of its second call where every call does the same work (one CUDA rank, no ``compile``, a PAB run that
-    broadcasts nothing: :mod:`videosys.pipelines.cuda_graph`; the same numbers, fewer host launches).
+    ``cuda_graphs=False`` runs every denoiser call eagerly; by default a request's calls replay CUDA graphs
+    (one per PAB pattern) where its second call shows the GPU waiting on the host, as at small sizes (one
+    CUDA rank, no ``compile``: :mod:`videosys.pipelines.cuda_graph`; the same numbers, one host launch per
+    call).
     """
 
     def __init__(

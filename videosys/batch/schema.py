@@ -26,7 +26,7 @@ class ModelSection:
     (``compile``: torch.compile of the denoiser's block pieces; ``offload_text_encoder``: the text encoder in
     host memory between prompts; ``fused_kernels``: ``false`` keeps the torch path where a fused Triton kernel
     would apply; ``float8``: float8 block linears where they apply; ``cuda_graphs``: ``false`` runs every
-    denoiser call eagerly instead of replaying a CUDA graph where that applies)."""
+    denoiser call eagerly instead of replaying CUDA graphs where the GPU waits on the host)."""
 
     name: str = "latte"
     weights: str | None = None

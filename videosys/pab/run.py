@@ -8,15 +8,16 @@ the attention, its sequence-parallel communication), so a broadcast skips all of
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 
 from .config import ALL_KINDS, ATTENTION_KINDS, check_cache_format
+from .kept import KeptInt8, kept_nbytes, restore
 from .kept import keep as keep_output
-from .kept import kept_nbytes, restore
-from .scheduler import MLP_COMPUTE, MLP_REUSE, MLP_STORE, PABPlan
+from .scheduler import MLP_REUSE, MLP_STORE, PABPlan
 
 T = TypeVar("T")
 
@@ -49,6 +50,41 @@ class PABStats:
         return ", ".join(parts)
 
 
+@dataclass(frozen=True)
+class RunSnapshot:
+    """:meth:`PABRun.snapshot`: the counters, the kept outputs and the fixed slots at one moment."""
+
+    computed: dict[str, int]
+    broadcast: dict[str, int]
+    cache: dict[tuple[str, str, int], object]
+    slots: dict[tuple[str, str, int], object] | None
+    kept_bytes: int
+    peak_kept_bytes: int
+
+
+@dataclass(frozen=True)
+class CallEffects:
+    """:meth:`PABRun.effects_since`: what one call did to the bookkeeping (counts per kind; the kept keys
+    after it)."""
+
+    computed: dict[str, int]
+    broadcast: dict[str, int]
+    kept: frozenset[tuple[str, str, int]]
+
+
+def _tensors(kept: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(kept, KeptInt8):
+        return (kept.values, kept.scales)
+    return (kept,) if isinstance(kept, torch.Tensor) else ()
+
+
+def _same_layout(a: Any, b: Any) -> bool:
+    """Whether kept output ``b`` can be written into ``a`` (same format, shapes and dtypes)."""
+    ta, tb = _tensors(a), _tensors(b)
+    return type(a) is type(b) and len(ta) == len(tb) > 0 and all(
+        x.shape == y.shape and x.dtype == y.dtype and x.device == y.device for x, y in zip(ta, tb))
+
+
 class PABRun:
     """PAB state of one request. Use as a context manager; leaving it drops every kept tensor.
 
@@ -65,6 +101,8 @@ class PABRun:
         self.stats = PABStats()
         self._call = -1
         self._cache: dict[tuple[str, str, int], object] = {}
+        #: one buffer per module once :meth:`use_fixed_slots` is on (CUDA graph replays), else ``None``
+        self._slots: dict[tuple[str, str, int], object] | None = None
         self.kept_bytes = 0
 
     # -- call bookkeeping -------------------------------------------------------------------------
@@ -85,26 +123,68 @@ class PABRun:
         self._call += 1
         return self._call
 
+    # -- CUDA graph replays (videosys.pipelines.cuda_graph) -------------------------------------------
+    def use_fixed_slots(self) -> None:
+        """Keep each module's outputs in one buffer from now on, which later keeps overwrite in place (the
+        outputs kept so far become those buffers): a CUDA graph reads and writes kept outputs at the
+        addresses its capture saw. The buffers stay until the run closes, and :attr:`kept_bytes` counts
+        them all."""
+        if self._slots is None:
+            self._slots = dict(self._cache)
+
     @property
-    def repeats_one_call(self) -> bool:
-        """Whether every denoiser call of this run does the same work: the plan broadcasts and keeps
-        nothing and no observer watches the outputs (so a captured call can be replayed; :meth:`count_call`
-        then keeps the counters)."""
-        plan = self.plan
-        return (
-            self.observer is None
-            and not any(any(flags) for flags in plan.broadcast.values())
-            and not any(any(flags) for flags in plan.keep.values())
-            and (not plan.mlp_blocks or all(action == MLP_COMPUTE for action in plan.mlp_actions))
+    def fixed_slots(self) -> bool:
+        return self._slots is not None
+
+    def call_signature(self) -> Hashable:
+        """What decides the work of the current call: the plan's flags for it, which of its outputs the
+        next call reuses (the others are dropped) and which outputs are kept now. With fixed slots
+        (:meth:`use_fixed_slots`), two calls of one signature run the same kernels on the same buffers."""
+        i, plan = self._call, self.plan
+        flags = (tuple((plan.broadcast[k][i], plan.keep[k][i]) for k in ATTENTION_KINDS),
+                 plan.mlp_actions[i] if plan.mlp_blocks else None)
+        nxt = i + 1
+        later = nxt < plan.num_calls
+        reused_next = (tuple(later and plan.broadcast[k][nxt] for k in ATTENTION_KINDS),
+                       later and bool(plan.mlp_blocks) and plan.mlp_actions[nxt] == MLP_REUSE)
+        return flags, reused_next, frozenset(self._cache)
+
+    def snapshot(self) -> RunSnapshot:
+        """The bookkeeping now, to measure a call's effects (:meth:`effects_since`) or undo them
+        (:meth:`restore_snapshot`)."""
+        return RunSnapshot(dict(self.stats.computed), dict(self.stats.broadcast), dict(self._cache),
+                           dict(self._slots) if self._slots is not None else None, self.kept_bytes,
+                           self.stats.peak_kept_bytes)
+
+    def restore_snapshot(self, snap: RunSnapshot) -> None:
+        self.stats.computed.update(snap.computed)
+        self.stats.broadcast.update(snap.broadcast)
+        self._cache = dict(snap.cache)
+        self._slots = dict(snap.slots) if snap.slots is not None else None
+        self.kept_bytes, self.stats.peak_kept_bytes = snap.kept_bytes, snap.peak_kept_bytes
+
+    def effects_since(self, snap: RunSnapshot) -> CallEffects:
+        """What the calls since ``snap`` did to the bookkeeping (with fixed slots: counters and which
+        outputs are kept), to repeat for a replayed graph of such a call (:meth:`apply_effects`)."""
+        if self._slots is None:
+            raise RuntimeError("PAB: a call's effects are only repeatable with fixed slots (use_fixed_slots)")
+        return CallEffects(
+            computed={k: n - snap.computed[k] for k, n in self.stats.computed.items()},
+            broadcast={k: n - snap.broadcast[k] for k, n in self.stats.broadcast.items()},
+            kept=frozenset(self._cache),
         )
 
-    def count_call(self, computed: dict[str, int]) -> None:
-        """Count a call that ran without this run's bookkeeping (a replayed CUDA graph of a call that
-        computed ``computed`` modules per kind); only for a run that :attr:`repeats_one_call`."""
-        if not self.repeats_one_call:
-            raise RuntimeError("PAB: only a run whose calls all do the same work can count a replayed call")
-        for kind, n in computed.items():
+    def apply_effects(self, effects: CallEffects) -> None:
+        """Count a call that ran without this run's Python (a replayed CUDA graph) as :meth:`effects_since`
+        recorded it: its modules computed and broadcast, and the outputs kept after it (in the fixed slots
+        its kernels wrote)."""
+        if self._slots is None:
+            raise RuntimeError("PAB: a replayed call's effects need fixed slots (use_fixed_slots)")
+        for kind, n in effects.computed.items():
             self.stats.computed[kind] += n
+        for kind, n in effects.broadcast.items():
+            self.stats.broadcast[kind] += n
+        self._cache = {key: self._slots[key] for key in effects.kept}
 
     # -- the decision -----------------------------------------------------------------------------
     def compute_or_broadcast(self, kind: str, block: int, fn: Callable[[], T], site: str = "") -> T:
@@ -171,13 +251,35 @@ class PABRun:
         self._drop(key)
         if keep:
             kept = keep_output(out, self.cache_format)
+            if self._slots is not None:
+                kept = self._into_slot(key, kept)
             self._cache[key] = kept
             self.kept_bytes += kept_nbytes(kept)
             self.stats.peak_kept_bytes = max(self.stats.peak_kept_bytes, self.kept_bytes)
 
+    def _into_slot(self, key: tuple[str, str, int], kept: Any) -> Any:
+        """``kept`` written into the module's fixed slot (made from it where there is none yet, which a
+        CUDA graph capture must not need: its allocations belong to the graph)."""
+        assert self._slots is not None
+        slot = self._slots.get(key)
+        if slot is None or not _same_layout(slot, kept):
+            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(f"PAB: the {key[0]} module of block {key[2]} needs a new kept buffer "
+                                   "inside a CUDA graph capture")
+            if slot is not None:
+                self.kept_bytes -= kept_nbytes(slot)
+            self._slots[key] = kept
+            return kept
+        for dst, src in zip(_tensors(slot), _tensors(kept)):
+            dst.copy_(src)
+        self.kept_bytes -= kept_nbytes(slot)  # counted again by the caller: a slot is held once
+        return slot
+
     def _drop(self, key: tuple[str, str, int]) -> None:
         if key in self._cache:
-            self.kept_bytes -= kept_nbytes(self._cache.pop(key))
+            kept = self._cache.pop(key)
+            if self._slots is None:  # a fixed slot stays (and stays counted) until the run closes
+                self.kept_bytes -= kept_nbytes(kept)
 
     def _reused_next(self, kind: str, block: int) -> bool:
         nxt = self._call + 1
@@ -195,6 +297,8 @@ class PABRun:
     def close(self) -> PABStats:
         """Drop every kept output (also on an aborted request) and return the counters."""
         self._cache.clear()
+        if self._slots is not None:
+            self._slots.clear()
         self.kept_bytes = 0
         return self.stats
 

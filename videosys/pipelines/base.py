@@ -87,9 +87,9 @@ class Pipeline(ABC):
         self.cuda_graphs = False
 
     def denoiser_calls(self, run: PABRun, call: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        """``call`` (one denoiser call of a request: its per-step tensors in, the output out), replayed from
-        a CUDA graph after its first call where that applies (:mod:`videosys.pipelines.cuda_graph`: one
-        CUDA rank, eager blocks, a PAB run that repeats one call), else ``call`` itself."""
+        """``call`` (one denoiser call of a request: its per-step tensors in, the output out), wrapped to be
+        replayed from CUDA graphs where the GPU waits on the host (:mod:`videosys.pipelines.cuda_graph`: one
+        CUDA rank, eager blocks, no PAB observer), else ``call`` itself."""
         if self.cuda_graphs and graphs_apply(self.device, self.parallel.world_size, self.compile_denoiser, run):
             return GraphedDenoiser(call, run)
         return call
