@@ -157,6 +157,8 @@ class PABRun:
                            self.stats.peak_kept_bytes)
 
     def restore_snapshot(self, snap: RunSnapshot) -> None:
+        """Undo what happened since :meth:`snapshot` made ``snap`` (a failed CUDA graph capture ran a call's
+        Python, and with it this bookkeeping, without its kernels)."""
         self.stats.computed.update(snap.computed)
         self.stats.broadcast.update(snap.broadcast)
         self._cache = dict(snap.cache)

@@ -41,7 +41,7 @@ class Pipeline(ABC):
     fused_kernels: bool = True
     #: whether the denoiser's blocks run float8 linears where they apply (:meth:`enable_float8`)
     float8: bool = False
-    #: whether a request's denoiser calls replay a CUDA graph where that applies (:meth:`denoiser_calls`)
+    #: whether a request's denoiser calls may replay CUDA graphs where the GPU waits on the host (:meth:`denoiser_calls`)
     cuda_graphs: bool = True
     #: the text encoder's host copies while it is offloaded (:meth:`enable_text_encoder_offload`)
     text_encoder_visits: DeviceVisits | None = None

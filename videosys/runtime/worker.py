@@ -35,7 +35,7 @@ class PipelineSpec:
     offload_text_encoder: bool = False  # text encoder in host memory between requests (videosys.models.offload)
     fused_kernels: bool = True  # fused Triton kernels where they apply (videosys.kernels)
     float8: bool = False  # float8 block linears where they apply (videosys.kernels.float8)
-    cuda_graphs: bool = True  # denoiser calls replayed from a CUDA graph where that applies
+    cuda_graphs: bool = True  # denoiser calls replayed from CUDA graphs where the GPU waits on the host
 
     def device_for(self, local_rank: int = 0) -> torch.device:
         device = torch.device(self.device)
