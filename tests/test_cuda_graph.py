@@ -236,3 +236,37 @@ def test_bench_counts_every_call_of_graphed_requests(monkeypatch: pytest.MonkeyP
                        overrides={"steps": 5})
     assert len(graphs) == 1  # the timed request replayed; the counting one did not
     assert report.denoiser_calls == 5 and report.call_tflop > 0
+
+
+class FakeEvent:
+    """A CUDA event whose completion and timing the test sets."""
+
+    done = True
+    elapsed_ms = 10.0
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        assert enable_timing
+
+    def record(self) -> None: ...
+
+    def query(self) -> bool:
+        return self.done
+
+    def elapsed_time(self, other: FakeEvent) -> float:
+        assert self.done, "elapsed_time on an unfinished event would wait"
+        return self.elapsed_ms
+
+
+@pytest.mark.parametrize(("done", "gpu_ms", "host_ms", "expected"), [
+    (False, 10.0, 50.0, False),  # the GPU is still on the call: the host is ahead
+    (True, 10.0, 9.0, True),  # the GPU finished and the host took most of its time: it waited on the host
+    (True, 10.0, 5.0, False),  # the host took half the GPU's time: the GPU set the pace
+])
+def test_the_probe_calls_a_call_host_bound_only_where_the_gpu_waited(
+        monkeypatch: pytest.MonkeyPatch, done: bool, gpu_ms: float, host_ms: float, expected: bool) -> None:
+    monkeypatch.setattr(torch.cuda, "Event", type("Event", (FakeEvent,), {"done": done, "elapsed_ms": gpu_ms}))
+    probe = cuda_graph.HostBoundProbe()
+    probe.begin()
+    probe.end()
+    probe.host_ms = host_ms
+    assert probe.host_bound() is expected
