@@ -217,6 +217,8 @@ def test_graphed_requests_match_eager_ones(model: str, pab: str, monkeypatch: py
         assert sum(v["broadcast"] for v in eager.pab_stats.values()) > 0
     assert (graphed.frames == eager.frames).all()
     assert graphed.pab_stats == eager.pab_stats
+    assert (graphed.replayed_calls, eager.replayed_calls) == (replays, 0)
+    assert graphed.summary()["replayed_calls"] == replays
     assert graphed.pab_peak_kept_bytes >= eager.pab_peak_kept_bytes  # the fixed slots stay for the request
     # the option off: no graph
     count = len(graphs)
@@ -236,6 +238,9 @@ def test_bench_counts_every_call_of_graphed_requests(monkeypatch: pytest.MonkeyP
                        overrides={"steps": 5})
     assert len(graphs) == 1  # the timed request replayed; the counting one did not
     assert report.denoiser_calls == 5 and report.call_tflop > 0
+    # calls 1-2 probe, 3 is the signature's first, 4 is captured (and replayed), 5 replays
+    assert report.settings[0].replayed_calls == 2
+    assert report.markdown().splitlines()[-1].endswith("| 2/5 |")
 
 
 class FakeEvent:

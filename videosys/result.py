@@ -20,7 +20,8 @@ class GenerationResult:
     total); ``pab_stats`` gives per kind (spatial, temporal, cross, mlp) the module calls computed and
     broadcast in this request and ``pab_peak_kept_bytes`` the most bytes PAB's kept outputs held at once (on the
     driver rank); ``comm_stats`` (parallel runs only) gives per collective kind the calls and
-    bytes all ranks of the request sent (``"total"`` sums them).
+    bytes all ranks of the request sent (``"total"`` sums them); ``replayed_calls`` counts its denoiser calls
+    replayed from CUDA graphs (:mod:`videosys.pipelines.cuda_graph`).
     """
 
     frames: np.ndarray
@@ -31,6 +32,7 @@ class GenerationResult:
     pab_peak_kept_bytes: int = 0
     model: str = ""
     comm_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    replayed_calls: int = 0
 
     @property
     def num_frames(self) -> int:
@@ -51,4 +53,5 @@ class GenerationResult:
             "timings": dict(self.timings),
             "pab_stats": {k: dict(v) for k, v in self.pab_stats.items()},
             "comm_stats": {k: dict(v) for k, v in self.comm_stats.items()},
+            "replayed_calls": self.replayed_calls,
         }

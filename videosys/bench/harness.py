@@ -39,6 +39,7 @@ class SettingResult:
     pab_stats: dict[str, dict[str, int]] = field(default_factory=dict)
     comm_stats: dict[str, dict[str, int]] = field(default_factory=dict)
     pab_kept_gib: float = 0.0  # the most PAB's kept outputs held at once (driver rank)
+    replayed_calls: int = 0  # denoiser calls of the last request replayed from CUDA graphs
 
 
 @dataclass
@@ -76,15 +77,15 @@ class BenchReport:
         floor = (f"GEMM {self.gemm_tflops:.0f} TFLOP/s; one denoiser call {self.call_tflop:.2f} TFLOP{ran} -> floor "
                  f"{self.floor_call_ms:.1f} ms/call")
         header = ("| PAB | text encoder (s) | denoise (s) | VAE decode (s) | total (s) | ms/call | x floor "
-                  "| denoise speedup | peak GiB | PAB kept GiB | comm MiB (all-to-all) |")
-        lines = [title, floor, "", header, "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| denoise speedup | peak GiB | PAB kept GiB | comm MiB (all-to-all) | graph replays |")
+        lines = [title, floor, "", header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         base = self.settings[0].stages_s["denoise"] if self.settings else float("nan")
         for s in self.settings:
             st = s.stages_s
             lines.append(f"| {s.pab} | {st.get('text_encoder', 0):.2f} | {st['denoise']:.2f} | "
                          f"{st.get('vae_decode', 0):.2f} | {st['total']:.2f} | {s.per_call_ms:.1f} | "
                          f"{s.per_call_ms / self.floor_call_ms:.2f} | {base / st['denoise']:.2f}x | {s.peak_gib:.1f} | "
-                         f"{s.pab_kept_gib:.2f} | {_comm_mib(s.comm_stats)} |")
+                         f"{s.pab_kept_gib:.2f} | {_comm_mib(s.comm_stats)} | {s.replayed_calls}/{self.denoiser_calls} |")
         return "\n".join(lines)
 
 
@@ -271,7 +272,8 @@ def _bench(engine: Any, pab: Sequence[str] | None, repeats: int, warmup: int, ov
         results.append(SettingResult(pab=name, runs=repeats, stages_s=stages, per_call_ms=per_call, peak_gib=peak,
                                      pab_stats=last.pab_stats if last else {},
                                      pab_kept_gib=last.pab_peak_kept_bytes / 2**30 if last else 0.0,
-                                     comm_stats=last.comm_stats if last else {}))
+                                     comm_stats=last.comm_stats if last else {},
+                                     replayed_calls=last.replayed_calls if last else 0))
         logger.info("%s PAB %s: %s", engine.model, name, stages)
     req = requests["none"]
     floor_ms = call_flops / (gemm * 1e12) * 1e3 if cuda else float("nan")

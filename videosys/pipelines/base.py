@@ -164,15 +164,16 @@ class Pipeline(ABC):
         return comm.sum_stats(self.parallel)
 
     def finish(self, request: GenerationRequest, frames: np.ndarray | None, timings: dict[str, float],
-               pab_stats: PABStats) -> GenerationResult | None:
-        """The request's result on the driver (``None`` on the other ranks, whose ``frames`` are ``None``).
-        Every rank calls it: the comm stats are summed over the ranks."""
+               pab_stats: PABStats, replayed: int = 0) -> GenerationResult | None:
+        """The request's result on the driver (``None`` on the other ranks, whose ``frames`` are ``None``);
+        ``replayed``: its denoiser calls replayed from CUDA graphs. Every rank calls it: the comm stats are
+        summed over the ranks."""
         comm_stats = self.comm_stats()
         if frames is None:
             return None
         return GenerationResult(frames=frames, fps=request.fps, request=request, timings=timings,
                                 pab_stats=pab_stats.as_dict(), pab_peak_kept_bytes=pab_stats.peak_kept_bytes,
-                                model=self.config.name, comm_stats=comm_stats)
+                                model=self.config.name, comm_stats=comm_stats, replayed_calls=replayed)
 
     @abstractmethod
     def generate(self, request: GenerationRequest, progress: bool = True) -> GenerationResult: ...

@@ -41,7 +41,7 @@ from ..pab.run import CallEffects
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HOST_SHARE", "GraphedDenoiser", "HostBoundProbe", "capture_graph", "graphs_apply"]
+__all__ = ["HOST_SHARE", "GraphedDenoiser", "HostBoundProbe", "capture_graph", "graphs_apply", "replayed_calls"]
 
 #: The share of the GPU's time for a call that issuing it must take the host for graphs to go on (the
 #: GPU also has to be idle when the next call starts). A float8 Open-Sora call on an H200: 0.61 at 480p
@@ -52,6 +52,12 @@ HOST_SHARE = 0.8
 def graphs_apply(device: torch.device, world_size: int, compiled: bool, run: PABRun) -> bool:
     """Whether a request's denoiser calls may be replayed from CUDA graphs (see the module docstring)."""
     return device.type == "cuda" and world_size == 1 and not compiled and run.observer is None
+
+
+def replayed_calls(denoiser: object) -> int:
+    """How many of a request's denoiser calls ``denoiser`` (what :meth:`Pipeline.denoiser_calls` returned)
+    replayed from CUDA graphs (0 for an unwrapped call)."""
+    return denoiser.replays if isinstance(denoiser, GraphedDenoiser) else 0
 
 
 def capture_graph(fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...],

@@ -21,6 +21,7 @@ from ..result import GenerationResult
 from ..schedulers import DiffusersSchedulerFactory
 from ..text import clean_caption
 from .base import Pipeline, StageTimer, initial_noise, load_hf_component, load_t5, to_uint8_frames
+from .cuda_graph import replayed_calls
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ class LattePipeline(Pipeline):
         return hidden[:1], (hidden[1:] if len(texts) > 1 else None)
 
     def denoise(self, request: GenerationRequest, cond: torch.Tensor, uncond: torch.Tensor | None,
-                progress: bool) -> tuple[torch.Tensor, PABStats]:
+                progress: bool) -> tuple[torch.Tensor, PABStats, int]:
+        """The denoised latents, the PAB counters and the calls replayed from CUDA graphs."""
         scheduler = self.scheduler_factory.new()
         # the schedule stays on the host: the diffusers schedulers index their host tables with the timestep,
         # which for a GPU timestep is a read back, a host sync, several per step
@@ -119,7 +121,7 @@ class LattePipeline(Pipeline):
                     noise = noise_uncond + request.guidance * (noise_cond - noise_uncond)
                 noise = noise[:, :in_channels]  # learned sigma: keep the epsilon channels
                 latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
-        return latents, run.stats
+        return latents, run.stats, replayed_calls(denoiser)
 
     def transformer_for(self, request: GenerationRequest) -> torch.nn.Module:
         """The denoiser that serves ``request`` (one for every size here)."""
@@ -150,8 +152,8 @@ class LattePipeline(Pipeline):
                 cond, uncond = self.shared(
                     lambda: self.encode_text(request.prompt, request.negative_prompt, request.guidance))
             with timer.stage("denoise"):
-                latents, stats = self.denoise(request, cond, uncond, progress)
+                latents, stats, replayed = self.denoise(request, cond, uncond, progress)
             with timer.stage("vae_decode"):
                 video = self.decode(latents, request)
                 frames = None if video is None else to_uint8_frames(video)
-        return self.finish(request, frames, timer.seconds, stats)
+        return self.finish(request, frames, timer.seconds, stats, replayed)

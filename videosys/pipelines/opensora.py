@@ -31,6 +31,7 @@ from ..result import GenerationResult
 from ..schedulers.rflow import RFlowSchedule
 from ..text import clean_caption, with_aesthetic_score
 from .base import Pipeline, StageTimer, initial_noise, load_t5, to_uint8_frames
+from .cuda_graph import replayed_calls
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ class OpenSoraPipeline(Pipeline):
         return hidden.to(self.dtype), mask
 
     def denoise(self, request: GenerationRequest, text: torch.Tensor, mask: torch.Tensor,
-                progress: bool) -> tuple[torch.Tensor, PABStats]:
+                progress: bool) -> tuple[torch.Tensor, PABStats, int]:
+        """The denoised latent, the PAB counters and the calls replayed from CUDA graphs."""
         schedule = RFlowSchedule.create(request.steps, request.height, request.width, request.frames)
         t_lat, h_lat, w_lat = self.vae.latent_size(request.frames, request.height, request.width)
         shape = (1, self.vae.out_channels, t_lat, h_lat, w_lat)
@@ -127,7 +129,7 @@ class OpenSoraPipeline(Pipeline):
                     v_cond, v_uncond = v.chunk(2)
                     v = v_uncond + request.guidance * (v_cond - v_uncond)
                 z = z + v * schedule.dts[i]
-        return z, run.stats
+        return z, run.stats, replayed_calls(denoiser)
 
     def decode(self, z: torch.Tensor, num_frames: int) -> torch.Tensor | None:
         """[1, C, T', h, w] latents -> [num_frames, 3, H, W] in [-1, 1]; the VAE's temporal chunks are split
@@ -145,8 +147,8 @@ class OpenSoraPipeline(Pipeline):
             with timer.stage("text_encoder"):
                 text, mask = self.shared(lambda: self.encode_text(request.prompt))
             with timer.stage("denoise"):
-                z, stats = self.denoise(request, text, mask, progress)
+                z, stats, replayed = self.denoise(request, text, mask, progress)
             with timer.stage("vae_decode"):
                 video = self.decode(z, request.frames)
                 frames = None if video is None else to_uint8_frames(video)
-        return self.finish(request, frames, timer.seconds, stats)
+        return self.finish(request, frames, timer.seconds, stats, replayed)
