@@ -20,6 +20,7 @@ def test_generate_writes_output_and_prints_pab_stats(tiny_latte_dir, tmp_path, c
     assert "pab        pab236" in text
     assert re.search(r"spatial\s+34 broadcast /\s+100 calls", text)  # 17 calls x 2 layers, of 50 x 2
     assert f"output     {out}" in text
+    assert "graphs " not in text  # no call replayed from CUDA graphs on the CPU
 
 
 def test_generate_json_summary(tiny_latte_dir, tmp_path, capsys):

@@ -8,10 +8,13 @@ a replay that read a stale kept output would show here. The real capture runs on
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from videosys import VideoSysEngine
+from videosys.cli import _format_summary
 from videosys.pab import PABConfig, PABScheduler
 from videosys.pipelines import cuda_graph
 from videosys.pipelines.cuda_graph import GraphedDenoiser, graphs_apply
@@ -219,6 +222,7 @@ def test_graphed_requests_match_eager_ones(model: str, pab: str, monkeypatch: py
     assert graphed.pab_stats == eager.pab_stats
     assert (graphed.replayed_calls, eager.replayed_calls) == (replays, 0)
     assert graphed.summary()["replayed_calls"] == replays
+    assert f"graphs     {replays} denoiser calls replayed" in _format_summary(graphed, Path("cat.mp4"))
     assert graphed.pab_peak_kept_bytes >= eager.pab_peak_kept_bytes  # the fixed slots stay for the request
     # the option off: no graph
     count = len(graphs)

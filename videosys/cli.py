@@ -128,6 +128,8 @@ def _format_summary(result, path: Path) -> str:
     for kind, counts in result.pab_stats.items():
         total = counts["computed"] + counts["broadcast"]
         lines.append(f"  {kind:<9}{counts['broadcast']:>6} broadcast / {total:>6} calls")
+    if result.replayed_calls:
+        lines.append(f"graphs     {result.replayed_calls} denoiser calls replayed from CUDA graphs")
     if result.comm_stats:
         lines.append("comm       (all ranks)")
         for kind, counts in result.comm_stats.items():
