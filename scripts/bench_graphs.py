@@ -27,7 +27,7 @@ logger = logging.getLogger("bench_graphs")
 
 def run_setting(engine: VideoSysEngine, request, rounds: int = 2) -> dict:
     pipeline = engine.load()._executor.pipeline
-    per_call: dict[bool, list[float]] = {False: [], True: []}
+    per_step: dict[bool, list[float]] = {False: [], True: []}
     replayed: dict[bool, list[int]] = {False: [], True: []}
     peak: dict[bool, float] = {False: 0.0, True: 0.0}
     frames: dict[bool, np.ndarray] = {}
@@ -40,7 +40,7 @@ def run_setting(engine: VideoSysEngine, request, rounds: int = 2) -> dict:
                     torch.cuda.reset_peak_memory_stats(engine.device)
                 result = engine.generate_requests([request])[0]
                 if round_index or i:  # the first request of the first round warms up
-                    per_call[graphs].append(result.timings["denoise"] / result.request.steps * 1e3)
+                    per_step[graphs].append(result.timings["denoise"] / result.request.steps * 1e3)
                     replayed[graphs].append(result.replayed_calls)
                 if cuda:
                     peak[graphs] = max(peak[graphs], torch.cuda.max_memory_allocated(engine.device) / 2**30)
@@ -48,10 +48,10 @@ def run_setting(engine: VideoSysEngine, request, rounds: int = 2) -> dict:
     return {
         "size": [request.frames, request.height, request.width],
         "pab": request.pab.label,
-        "eager ms/step": round(statistics.median(per_call[False]), 1),
-        "graphs ms/step": round(statistics.median(per_call[True]), 1),
-        "eager runs": [round(t, 1) for t in per_call[False]],
-        "graphs runs": [round(t, 1) for t in per_call[True]],
+        "eager ms/step": round(statistics.median(per_step[False]), 1),
+        "graphs ms/step": round(statistics.median(per_step[True]), 1),
+        "eager runs": [round(t, 1) for t in per_step[False]],
+        "graphs runs": [round(t, 1) for t in per_step[True]],
         "replayed calls per graphs request": replayed[True],
         "peak GiB eager / graphs": [round(peak[False], 2), round(peak[True], 2)],
         "video max abs diff": int(np.abs(frames[True].astype(np.int16) - frames[False].astype(np.int16)).max()),

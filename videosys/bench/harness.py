@@ -186,9 +186,9 @@ class _FirstCallFlops:
         self._handles = []
 
 
-def _denoiser(engine: Any) -> torch.nn.Module:
-    pipeline = engine.load()._executor.pipeline
-    return pipeline.transformer
+def _pipeline(engine: Any) -> Any:
+    """The engine's in-process pipeline (one rank)."""
+    return engine.load()._executor.pipeline
 
 
 def run_bench(model: str, *, pab: Sequence[str] | None = None, repeats: int = 3, warmup: int = 1,
@@ -228,7 +228,8 @@ def _bench(engine: Any, pab: Sequence[str] | None, repeats: int, warmup: int, ov
     calls = 0
     call_flops = executed_flops = 0
     if local:
-        denoiser = _denoiser(engine)
+        pipeline = _pipeline(engine)
+        denoiser = pipeline.transformer
         counter = _FirstCallFlops(denoiser, unfolded=True)  # the model's work: the floor
         executed = _FirstCallFlops(denoiser, skip_calls=1)  # the work one call runs
 
@@ -237,7 +238,6 @@ def _bench(engine: Any, pab: Sequence[str] | None, repeats: int, warmup: int, ov
             calls += 1
 
         handle = denoiser.register_forward_pre_hook(count_call)
-        pipeline = engine.load()._executor.pipeline
         graphs, pipeline.cuda_graphs = pipeline.cuda_graphs, False  # every call of this one runs the model's forward
         try:
             # warm-up, FLOPs of one call, calls per request

@@ -255,26 +255,26 @@ class PABRun:
             kept = keep_output(out, self.cache_format)
             if self._slots is not None:
                 kept = self._into_slot(key, kept)
+            else:
+                self.kept_bytes += kept_nbytes(kept)
             self._cache[key] = kept
-            self.kept_bytes += kept_nbytes(kept)
             self.stats.peak_kept_bytes = max(self.stats.peak_kept_bytes, self.kept_bytes)
 
     def _into_slot(self, key: tuple[str, str, int], kept: Any) -> Any:
         """``kept`` written into the module's fixed slot (made from it where there is none yet, which a
-        CUDA graph capture must not need: its allocations belong to the graph)."""
+        CUDA graph capture must not need: its allocations belong to the graph); :attr:`kept_bytes` counts
+        each slot once."""
         assert self._slots is not None
         slot = self._slots.get(key)
         if slot is None or not _same_layout(slot, kept):
             if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
                 raise RuntimeError(f"PAB: the {key[0]} module of block {key[2]} needs a new kept buffer "
                                    "inside a CUDA graph capture")
-            if slot is not None:
-                self.kept_bytes -= kept_nbytes(slot)
+            self.kept_bytes += kept_nbytes(kept) - (kept_nbytes(slot) if slot is not None else 0)
             self._slots[key] = kept
             return kept
         for dst, src in zip(_tensors(slot), _tensors(kept)):
             dst.copy_(src)
-        self.kept_bytes -= kept_nbytes(slot)  # counted again by the caller: a slot is held once
         return slot
 
     def _drop(self, key: tuple[str, str, int]) -> None:
