@@ -59,6 +59,12 @@ def _rank(rank: int, world_size: int, spec: PipelineSpec, layout: ParallelConfig
     return _capturing_run(pipeline, requests)
 
 
+def _rank_of_every_model(rank: int, world_size: int, jobs: list[tuple[PipelineSpec, list]],
+                         layout: ParallelConfig) -> list:
+    """:func:`_rank` for each ``(spec, requests)`` in turn, in one process group (one start per layout)."""
+    return [_rank(rank, world_size, spec, layout, requests) for spec, requests in jobs]
+
+
 def _requests(engine: VideoSysEngine, model: str) -> list:
     small = {"latte": {"steps": 4}, "opensora": {"steps": 4, "frames": 17, "resolution": "144p", "aspect": "9:16"},
              "opensora-plan": {"steps": 4}}[model]
@@ -79,16 +85,24 @@ def single(engines) -> dict[str, tuple[list, list[torch.Tensor]]]:
     return {m: _capturing_run(e.load()._executor.pipeline, _requests(e, m)) for m, e in engines.items()}
 
 
+MODELS = ["latte", "opensora", "opensora-plan"]
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("model", ["latte", "opensora", "opensora-plan"])
-def test_parallel_run_equals_one_process(engines, single, model, layout):
-    engine = engines[model]
-    requests = _requests(engine, model)
-    outputs = run_local(_rank, layout.world_size, engine.pipeline_spec(), layout, requests, timeout_s=240)
-    ref_results, ref_latents = single[model]
+def test_parallel_run_equals_one_process(engines, single, layout):
+    """Every model in one process group per layout (a group's start costs a few seconds of the suite)."""
+    jobs = [(engines[m].pipeline_spec(), _requests(engines[m], m)) for m in MODELS]
+    per_rank = run_local(_rank_of_every_model, layout.world_size, jobs, layout, timeout_s=480)
+    for index, model in enumerate(MODELS):
+        _check_model_run(model, layout, [outputs[index] for outputs in per_rank], single[model])
+
+
+def _check_model_run(model: str, layout: ParallelConfig, outputs: list, single_run: tuple) -> None:
+    """One model's parallel run (``outputs``: per rank, its results and latents) against its one-process run."""
+    ref_results, ref_latents = single_run
     for rank, (results, latents) in enumerate(outputs):
         for got, want in zip(latents, ref_latents):
-            assert_close_to_scale(got, want, f"rank {rank}")
+            assert_close_to_scale(got, want, f"{model}, rank {rank}")
         if rank == 0:
             for res, ref in zip(results, ref_results):
                 assert res.frames.shape == ref.frames.shape
