@@ -24,6 +24,7 @@ on a GPU of compute capability 8.9 or newer.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,15 @@ class Float8Rows:
         if scale.data_ptr() % SCALE_ALIGN:  # cuBLAS refuses a row-scale vector that starts off 16 bytes
             scale = scale.clone()
         return Float8Rows(self.values[index], scale, self.dtype)
+
+    def moved(self, move: Callable[[torch.Tensor], torch.Tensor]) -> Float8Rows:
+        """The rows as ``move`` rearranges them: ``move`` takes a ``[..., D]`` tensor with this one's leading
+        shape and only moves whole rows (a sequence-parallel all-to-all); it moves the values (as bytes,
+        which every collective carries) and the scales (as ``[..., 1]``) alike."""
+        lead = self.values.shape[:-1]
+        values = move(self.values.view(torch.uint8)).contiguous().view(FLOAT8_DTYPE)
+        scale = move(self.scale.reshape(*lead, 1))
+        return Float8Rows(values, scale.reshape(-1, 1), self.dtype)
 
     def dequantize(self) -> torch.Tensor:
         k = self.values.shape[-1]

@@ -55,7 +55,9 @@ def _bytes(t: torch.Tensor) -> int:
 
 def all_to_all(x: torch.Tensor, state: ParallelState, scatter_dim: int, gather_dim: int, gather_size: int) -> torch.Tensor:
     """Re-shard over the SP group: split ``scatter_dim`` (padded) across the ranks and concatenate the pieces
-    they send along ``gather_dim``, dropping that dimension's padding (``gather_size`` = its true size)."""
+    they send along ``gather_dim``, dropping that dimension's padding (``gather_size`` = its true size).
+    Cheapest with the leading dimension as one of the two: sent from (``scatter_dim=0``) or received into
+    (``gather_dim=0``) without copying around the collective."""
     if not state.sp_enabled:
         return x
     return _sp_all_to_all(x, state, scatter_dim, gather_dim, gather_size)
@@ -70,10 +72,17 @@ def _sp_all_to_all(x: torch.Tensor, state: ParallelState, scatter_dim: int, gath
 
     p = state.sp_size
     scatter_dim, gather_dim = scatter_dim % x.ndim, gather_dim % x.ndim
+    # chunks of the leading dimension of a contiguous tensor are contiguous: sent without a copy
     inputs = [c.contiguous() for c in pad_dim(x, scatter_dim, p).chunk(p, dim=scatter_dim)]
-    outputs = [torch.empty_like(inputs[0]) for _ in range(p)]
+    if gather_dim == 0:  # the pieces land in one buffer in rank order: no concatenation copy
+        received = inputs[0].new_empty((p * inputs[0].shape[0], *inputs[0].shape[1:]))
+        outputs = list(received.chunk(p))
+    else:
+        outputs = [torch.empty_like(inputs[0]) for _ in range(p)]
     dist.all_to_all(outputs, inputs, group=state.sp_group)
     state.stats.add("all_to_all", sum(_bytes(c) for i, c in enumerate(inputs) if i != state.sp_rank))
+    if gather_dim == 0:
+        return received.narrow(0, 0, gather_size)
     return torch.cat(outputs, dim=gather_dim).narrow(gather_dim, 0, gather_size)
 
 

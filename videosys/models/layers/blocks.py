@@ -87,8 +87,9 @@ class FrameShards:
 
     The temporal layout of a rank is ``[videos * tokens, local_frames, C]``: every token of every video,
     this rank's (zero-padded) chunk of frames. Temporal attention needs every frame of a token, so it runs
-    on ``[videos * local_tokens, frames, C]`` (a padded chunk of the tokens, all true frames) between
-    :meth:`to_all_frames` and :meth:`to_local_frames`.
+    on ``[local_positions, frames, C]`` (a padded chunk of the ``videos * tokens`` positions, all true
+    frames) between :meth:`to_all_frames` and :meth:`to_local_frames`. Both split or join the leading
+    dimension, so the pieces leave and come back without a copy around the collective.
     """
 
     state: ParallelState
@@ -97,18 +98,12 @@ class FrameShards:
     tokens: int  # true tokens per frame
 
     def to_all_frames(self, x: torch.Tensor) -> torch.Tensor:
-        """``[V * tokens, local_frames, C]`` -> ``[V * local_tokens, frames, C]`` (one all-to-all)."""
-        c = x.shape[-1]
-        x = x.reshape(self.videos, self.tokens, -1, c)
-        x = comm.all_to_all(x, self.state, scatter_dim=1, gather_dim=2, gather_size=self.frames)
-        return x.reshape(-1, self.frames, c)
+        """``[V * tokens, local_frames, C]`` -> ``[local_positions, frames, C]`` (one all-to-all)."""
+        return comm.all_to_all(x, self.state, scatter_dim=0, gather_dim=1, gather_size=self.frames)
 
     def to_local_frames(self, x: torch.Tensor) -> torch.Tensor:
         """The inverse of :meth:`to_all_frames` (one all-to-all); padding frames come back as zeros."""
-        c = x.shape[-1]
-        x = x.reshape(self.videos, -1, self.frames, c)
-        x = comm.all_to_all(x, self.state, scatter_dim=2, gather_dim=1, gather_size=self.tokens)
-        return x.reshape(self.videos * self.tokens, -1, c)
+        return comm.all_to_all(x, self.state, scatter_dim=1, gather_dim=0, gather_size=self.videos * self.tokens)
 
 
 class LatteBlock(nn.Module):

@@ -39,8 +39,8 @@ same forward on its share of the spatial tokens. After the patch embedding and t
 rank ``r`` keeps ``S' = ceil(S / P)`` tokens of every frame; the padding tokens ride along and are dropped
 wherever ``S`` is gathered). Temporal blocks (attention over ``T`` with RoPE, cross-attention, MLP) and the
 spatial blocks' cross-attention and MLP are per-token, so they run on the local tokens without any
-communication. The spatial self-attention does an all-to-all (scatter ``T``, gather the true ``S``: all
-tokens of ``ceil(T / P)`` frames), attends, and does the inverse all-to-all; both live inside the function
+communication. The spatial self-attention does an all-to-all (scatter the ``B*T`` frames, gather the true
+``S``: all tokens of ``ceil(B*T / P)`` frames), attends, and does the inverse all-to-all; both live inside the function
 PAB wraps, so a broadcast step skips them with the attention. The final layer is per-token too and
 narrower than ``C``, so it runs on the local tokens and its output is all-gathered along ``S``: every SP rank
 returns the full prediction. PAB then keeps local shards, each rank reusing only its own.
@@ -443,20 +443,26 @@ class STDiT3Block(nn.Module):
 
     # -- the broadcastable pieces (each returns what PAB keeps) -------------------------------------------
     def spatial_attention(
-        self, h: torch.Tensor, frames: int, tokens: int, parallel: ParallelState | None = None
+        self, h: torch.Tensor | Float8Rows, frames: int, tokens: int, parallel: ParallelState | None = None
     ) -> torch.Tensor:
         """Attention over the ``S`` = ``tokens`` tokens of each frame, as ``[B*T, S, C]``.
 
         ``h`` ``[B, T*S', C]`` holds this rank's ``S'`` tokens of every frame (``S' = S`` without sequence
-        parallel). Under SP an all-to-all trades them for all ``S`` tokens of this rank's ``ceil(T / P)``
-        frames and the inverse all-to-all trades the result back (both are the identity otherwise).
+        parallel). Under SP an all-to-all trades them for all ``S`` tokens of this rank's ``ceil(B*T / P)``
+        of the ``B*T`` frames (the frames of every video in one leading dimension, so the pieces leave and
+        come back without a copy around the collective) and the inverse all-to-all trades the result back
+        (both are the identity otherwise).
         """
         b, n, c = h.shape
         sp = _sp_state(parallel)
-        h = comm.all_to_all(h.reshape(b, frames, -1, c), sp, scatter_dim=1, gather_dim=2, gather_size=tokens)
-        local_frames = h.shape[1]  # [B, T', S, C]
-        h = self.attn(h.reshape(b * local_frames, tokens, c)).reshape(b, local_frames, tokens, c)
-        h = comm.all_to_all(h, sp, scatter_dim=2, gather_dim=1, gather_size=frames)  # [B, T, S', C]
+        h = h.reshape(b * frames, -1, c)
+        if sp.sp_enabled:  # float8 rows travel as bytes with their scales (no requantising on the way)
+            def to_frames(t: torch.Tensor) -> torch.Tensor:
+                return comm.all_to_all(t, sp, scatter_dim=0, gather_dim=1, gather_size=tokens)
+
+            h = h.moved(to_frames) if isinstance(h, Float8Rows) else to_frames(h)
+        h = self.attn(h)  # [F', S, C]: every token of this rank's frames
+        h = comm.all_to_all(h, sp, scatter_dim=1, gather_dim=0, gather_size=b * frames)  # [B*T, S', C]
         return h.reshape(b, n, c)
 
     def temporal_attention(
@@ -495,9 +501,7 @@ class STDiT3Block(nn.Module):
 
         ``sum_rows`` (float8 blocks): a list that receives ``x + out`` as float8 rows from the gate's pass,
         where its kernel applies, for the cross-attention's ``q_linear``."""
-        # float8 rows do not travel through the spatial attention's all-to-alls
-        float8 = self.float8 and (self.temporal or not _sp_state(parallel).sp_enabled)
-        h = norm_modulate(self.norm1, x, shift, scale, fused=self.fused_kernel, float8=float8)
+        h = norm_modulate(self.norm1, x, shift, scale, fused=self.fused_kernel, float8=self.float8)
         if self.temporal:
             h = self.temporal_attention(h, frames, rope)
         else:
