@@ -20,35 +20,16 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from typing import Any
 
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from videosys import VideoSysEngine
+from videosys.bench.capture import capture_denoiser_call
 from videosys.models.layers.folded_attention import use_folded_cross_attention
 
 logger = logging.getLogger("profile")
-
-
-def capture_denoiser_call(engine: VideoSysEngine, prompt: str) -> tuple[torch.nn.Module, tuple, dict[str, Any]]:
-    """The denoiser of ``engine``'s local pipeline and the arguments of its first call in a one-step
-    request (PAB off; the PAB run argument is dropped)."""
-    pipeline = engine._executor.pipeline  # the local executor's pipeline: this script profiles one process
-    denoiser = pipeline.transformer
-    captured: dict[str, Any] = {}
-
-    def grab(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        captured.setdefault("call", (args, dict(kwargs, pab=None)))
-
-    handle = denoiser.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        engine.generate_requests([engine.make_request(prompt, steps=1, pab="none")])
-    finally:
-        handle.remove()
-    args, kwargs = captured["call"]
-    return denoiser, args, kwargs
 
 
 def synchronize(device: torch.device) -> None:

@@ -3,6 +3,9 @@ the denoiser calls and the FLOPs of one call, and reports per-stage medians."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -204,3 +207,25 @@ def test_bench_command_takes_other_sizes_and_names_a_bad_one(tiny_opensora_dir, 
     assert "16 x 192 x 192" in capsys.readouterr().out
     assert main([*argv[:-2], "--resolution", "999p"]) != 0
     assert "resolution: '999p' not allowed" in capsys.readouterr().err
+
+
+# -- scripts/bench_sp_rank.py: an SP rank timed on one device ------------------------------------------------
+def test_sp_rank_script_runs_a_rank_on_one_device_and_restores_the_collectives(capsys, monkeypatch) -> None:
+    """A dry run on the bundled Open-Sora model: the rank's all-to-alls are counted (two per spatial block:
+    both directions), the projection is made per bandwidth, and torch.distributed is itself again after."""
+    import runpy
+
+    import torch.distributed as dist
+
+    before = dist.all_to_all, dist.all_gather
+    script = str(Path(__file__).resolve().parents[1] / "scripts" / "bench_sp_rank.py")
+    monkeypatch.setattr("sys.argv", [script, "--device", "cpu", "--weights", "", "--frames", "51",
+                                     "--resolution", "144p", "--calls", "1", "--bandwidths", "100,10"])
+    runpy.run_path(script, run_name="__main__")
+    report = json.loads(capsys.readouterr().out)
+    assert (dist.all_to_all, dist.all_gather) == before
+    assert report["sp"] == 2 and report["device"] == "cpu"
+    assert report["rank sends per call"]["all_to_all"]["calls"] == 2 * 2  # the bundled model: 2 spatial blocks
+    assert report["rank sends per call"]["all_to_all"]["bytes"] > 0
+    projected = report["projected SP 2 speedup (transfer not overlapped)"]
+    assert set(projected) == {"100 GB/s", "10 GB/s"} and projected["10 GB/s"] <= projected["100 GB/s"]

@@ -1,0 +1,29 @@
+"""One denoiser call's inputs, captured from a short request, for the scripts that time the denoiser alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["capture_denoiser_call"]
+
+
+def capture_denoiser_call(engine: Any, prompt: str, **request_fields: Any) -> tuple[torch.nn.Module, tuple,
+                                                                                      dict[str, Any]]:
+    """The denoiser of ``engine``'s local pipeline and the arguments of its first call in a one-step request
+    (PAB off, the PAB run argument dropped; ``request_fields``: other request fields, e.g. ``frames``)."""
+    pipeline = engine.load()._executor.pipeline  # the local executor's pipeline: one process
+    denoiser = pipeline.transformer
+    captured: dict[str, Any] = {}
+
+    def grab(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        captured.setdefault("call", (args, dict(kwargs, pab=None)))
+
+    handle = denoiser.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        engine.generate_requests([engine.make_request(prompt, steps=1, pab="none", **request_fields)])
+    finally:
+        handle.remove()
+    args, kwargs = captured["call"]
+    return denoiser, args, kwargs
