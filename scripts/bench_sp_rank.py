@@ -1,5 +1,5 @@
-"""One sequence-parallel rank of an Open-Sora denoiser call, timed on one GPU (docs/benchmarks.md,
-fourteenth session): what SP 2 can reach where no second GPU is at hand.
+"""One sequence-parallel rank of a denoiser call, timed on one GPU (docs/benchmarks.md, fourteenth
+session): what SP can reach where no second GPU is at hand.
 
 The denoiser runs on the full latent as one GPU does, then as rank 0 of an SP group whose collectives are
 local copies (the rank's own pieces stand in for what its peers would send): the rank's work is timed at
@@ -8,7 +8,8 @@ every token of its frames, the copies around the all-to-alls, float8 rows travel
 The transfer is added from the bytes the rank sends (counted by the run) at the given link bandwidths,
 not overlapped with compute. Synchronised calls, median of ``--calls``.
 
-    python scripts/bench_sp_rank.py [--float8] [--frames 4s] [--sp 2] [--bandwidths 450,350,250]
+    python scripts/bench_sp_rank.py [--float8] [--sp 2] [--bandwidths 450,350,250]   # Open-Sora 480p 4s
+    python scripts/bench_sp_rank.py --model latte [--float8]      # Latte / Open-Sora-Plan at their paper size
     python scripts/bench_sp_rank.py --device cpu --weights '' --frames 51 --calls 2   # a dry run
 """
 
@@ -63,8 +64,10 @@ def timed_ms(call: Callable[[], object], device: torch.device, calls: int) -> fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", default="4s", help="frames or an alias (the issue's SP target: 480p 4s)")
-    ap.add_argument("--resolution", default="480p")
+    ap.add_argument("--model", default="opensora", choices=["opensora", "latte", "opensora-plan"])
+    ap.add_argument("--frames", default=None,
+                    help="frames or an alias (default: Open-Sora 4s, the issue's SP target; others their own)")
+    ap.add_argument("--resolution", default=None, help="Open-Sora's resolution (default 480p)")
     ap.add_argument("--sp", type=int, default=2)
     ap.add_argument("--float8", action="store_true")
     ap.add_argument("--calls", type=int, default=7)
@@ -77,11 +80,14 @@ def main() -> None:
     if args.sp < 2:
         ap.error(f"--sp {args.sp}: a rank of an SP group needs --sp >= 2")
     bandwidths = [float(b) for b in args.bandwidths.split(",") if b]
-    frames = int(args.frames) if args.frames.isdigit() else args.frames
-    engine = VideoSysEngine("opensora", weights=args.weights or None, device=args.device, progress=False,
+    fields: dict[str, object] = {"frames": "4s", "resolution": "480p"} if args.model == "opensora" else {}
+    if args.frames:
+        fields["frames"] = int(args.frames) if args.frames.isdigit() else args.frames
+    if args.resolution:
+        fields["resolution"] = args.resolution
+    engine = VideoSysEngine(args.model, weights=args.weights or None, device=args.device, progress=False,
                             float8=args.float8)
-    denoiser, call_args, kwargs = capture_denoiser_call(engine, args.prompt, frames=frames,
-                                                        resolution=args.resolution)
+    denoiser, call_args, kwargs = capture_denoiser_call(engine, args.prompt, **fields)
     state = ParallelState(config=ParallelConfig(sp=args.sp), world_size=args.sp)
     with torch.inference_mode():
         one_gpu = timed_ms(lambda: denoiser(*call_args, **kwargs), engine.device, args.calls)
@@ -96,7 +102,7 @@ def main() -> None:
     sent_bytes = sum(v["bytes"] for v in sent.values())
     projected = {f"{bw:g} GB/s": round(one_gpu / (rank + sent_bytes / (bw * 1e9) * 1e3), 3) for bw in bandwidths}
     print(json.dumps({
-        "latent": list(call_args[0].shape), "float8": args.float8, "sp": args.sp, "device": str(engine.device),
+        "model": args.model, "latent": list(call_args[0].shape), "float8": args.float8, "sp": args.sp, "device": str(engine.device),
         "one GPU ms per call": round(one_gpu, 1), "rank ms per call, no transfer": round(rank, 1),
         "compute speedup": round(one_gpu / rank, 3), "rank sends per call": sent,
         f"projected SP {args.sp} speedup (transfer not overlapped)": projected,

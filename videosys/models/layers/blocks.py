@@ -173,15 +173,15 @@ class LatteBlock(nn.Module):
         the output has ``x``'s local layout. With ``frames`` (a temporal block on frame-major tokens: ``x``
         is ``[videos * frames, S, C]``) each of the ``S`` positions attends over its frames
         (:meth:`Attention.over_frames`); the output keeps that layout."""
-        # float8 rows do not travel through the sequence-parallel all-to-alls
-        h = norm_modulate(self.norm1, x, shift, scale, fused=self.fused_kernel,
-                          float8=self.float8 and frame_shards is None)
+        h = norm_modulate(self.norm1, x, shift, scale, fused=self.fused_kernel, float8=self.float8)
         if frames is not None:
             n, s, c = h.shape
             return self.attn1.over_frames(h.reshape(n // frames, frames, s, c)).reshape(n, s, c)
         if frame_shards is None:
             return self.attn1(h)
-        return frame_shards.to_local_frames(self.attn1(frame_shards.to_all_frames(h)))
+        # float8 rows travel as bytes with their scales (no requantising on the way)
+        h = h.moved(frame_shards.to_all_frames) if isinstance(h, Float8Rows) else frame_shards.to_all_frames(h)
+        return frame_shards.to_local_frames(self.attn1(h))
 
     def cross_attention(
         self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
