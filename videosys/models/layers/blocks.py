@@ -173,15 +173,17 @@ class LatteBlock(nn.Module):
         the output has ``x``'s local layout. With ``frames`` (a temporal block on frame-major tokens: ``x``
         is ``[videos * frames, S, C]``) each of the ``S`` positions attends over its frames
         (:meth:`Attention.over_frames`); the output keeps that layout."""
-        h = norm_modulate(self.norm1, x, shift, scale, fused=self.fused_kernel, float8=self.float8)
+        # float8 rows stay out of the temporal SP all-to-alls: moved through them (Float8Rows.moved, as
+        # STDiT3's spatial ones) a Latte SP 2 rank took 80.9 ms per float8 call against 59.2 (H200,
+        # scripts/bench_sp_rank.py --model latte --float8; docs/benchmarks.md, fourteenth session)
+        h = norm_modulate(self.norm1, x, shift, scale, fused=self.fused_kernel,
+                          float8=self.float8 and frame_shards is None)
         if frames is not None:
             n, s, c = h.shape
             return self.attn1.over_frames(h.reshape(n // frames, frames, s, c)).reshape(n, s, c)
         if frame_shards is None:
             return self.attn1(h)
-        # float8 rows travel as bytes with their scales (no requantising on the way)
-        h = h.moved(frame_shards.to_all_frames) if isinstance(h, Float8Rows) else frame_shards.to_all_frames(h)
-        return frame_shards.to_local_frames(self.attn1(h))
+        return frame_shards.to_local_frames(self.attn1(frame_shards.to_all_frames(h)))
 
     def cross_attention(
         self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
