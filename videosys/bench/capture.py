@@ -11,8 +11,9 @@ __all__ = ["capture_denoiser_call"]
 
 def capture_denoiser_call(engine: Any, prompt: str, **request_fields: Any) -> tuple[torch.nn.Module, tuple,
                                                                                       dict[str, Any]]:
-    """The denoiser of ``engine``'s local pipeline and the arguments of its first call in a one-step request
-    (PAB off, the PAB run argument dropped; ``request_fields``: other request fields, e.g. ``frames``)."""
+    """The denoiser of ``engine``'s local pipeline and the arguments of its first call in a request of the
+    fewest steps the model allows (PAB off, the PAB run argument dropped; ``request_fields``: other request
+    fields, e.g. ``frames``)."""
     pipeline = engine.load()._executor.pipeline  # the local executor's pipeline: one process
     denoiser = pipeline.transformer
     captured: dict[str, Any] = {}
@@ -22,7 +23,8 @@ def capture_denoiser_call(engine: Any, prompt: str, **request_fields: Any) -> tu
 
     handle = denoiser.register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        engine.generate_requests([engine.make_request(prompt, steps=1, pab="none", **request_fields)])
+        steps = engine.config.allowed.min_steps
+        engine.generate_requests([engine.make_request(prompt, steps=steps, pab="none", **request_fields)])
     finally:
         handle.remove()
     args, kwargs = captured["call"]
