@@ -3,8 +3,8 @@ session): what SP can reach where no second GPU is at hand.
 
 The denoiser runs on the full latent as one GPU does, then as rank 0 of an SP group whose collectives are
 local copies (the rank's own pieces stand in for what its peers would send): the rank's work is timed at
-its true shapes, everything but the transfer between GPUs included (its shard, the spatial attention over
-every token of its frames, the copies around the all-to-alls, float8 rows travelling with their scales).
+its true shapes, everything but the transfer between GPUs included (its shard, the attention between
+the all-to-alls over its share of the sequences, the copies around them, float8 rows where they travel).
 The transfer is added from the bytes the rank sends (counted by the run) at the given link bandwidths,
 not overlapped with compute. Synchronised calls, median of ``--calls``.
 
@@ -29,8 +29,6 @@ import torch.distributed as dist
 from videosys import VideoSysEngine
 from videosys.bench.capture import capture_denoiser_call
 from videosys.parallel import ParallelConfig, ParallelState
-
-logger = logging.getLogger("bench_sp_rank")
 
 
 def local_all_to_all(outputs: list[torch.Tensor], inputs: list[torch.Tensor], group: object = None) -> None:
