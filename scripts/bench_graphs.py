@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from videosys import VideoSysEngine
+from videosys.bench.capture import local_pipeline
 
 logger = logging.getLogger("bench_graphs")
 
 
 def run_setting(engine: VideoSysEngine, request, rounds: int = 2) -> dict:
-    pipeline = engine.load()._executor.pipeline
+    pipeline = local_pipeline(engine)
     per_step: dict[bool, list[float]] = {False: [], True: []}
     replayed: dict[bool, list[int]] = {False: [], True: []}
     peak: dict[bool, float] = {False: 0.0, True: 0.0}

@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import statistics
-import time
 from collections.abc import Callable
 from unittest import mock
 
@@ -27,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from videosys import VideoSysEngine
+from videosys.bench import cuda_timed
 from videosys.bench.capture import capture_denoiser_call
 from videosys.parallel import ParallelConfig, ParallelState
 
@@ -42,22 +42,9 @@ def local_all_gather(parts: list[torch.Tensor], x: torch.Tensor, group: object =
         part.copy_(x)
 
 
-def timed_ms(call: Callable[[], object], device: torch.device, calls: int) -> float:
+def median_ms(call: Callable[[], object], calls: int) -> float:
     """Median wall milliseconds of synchronised calls, after two untimed ones."""
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(2):
-        call()
-    walls = []
-    for _ in range(calls):
-        sync()
-        start = time.perf_counter()
-        call()
-        sync()
-        walls.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(walls)
+    return statistics.median(cuda_timed(call, calls)) * 1e3
 
 
 def main() -> None:
@@ -88,11 +75,11 @@ def main() -> None:
     denoiser, call_args, kwargs = capture_denoiser_call(engine, args.prompt, **fields)
     state = ParallelState(config=ParallelConfig(sp=args.sp), world_size=args.sp)
     with torch.inference_mode():
-        one_gpu = timed_ms(lambda: denoiser(*call_args, **kwargs), engine.device, args.calls)
+        one_gpu = median_ms(lambda: denoiser(*call_args, **kwargs), args.calls)
         with mock.patch.object(dist, "all_to_all", local_all_to_all), \
                 mock.patch.object(dist, "all_gather", local_all_gather):
             as_rank = dict(kwargs, parallel=state)
-            rank = timed_ms(lambda: denoiser(*call_args, **as_rank), engine.device, args.calls)
+            rank = median_ms(lambda: denoiser(*call_args, **as_rank), args.calls)
             state.stats.reset()
             denoiser(*call_args, **as_rank)
     sent = {kind: {"calls": state.stats.calls(kind), "bytes": state.stats.bytes(kind)}

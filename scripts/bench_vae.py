@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 
 from videosys import VideoSysEngine
+from videosys.bench.capture import local_pipeline
 
 logger = logging.getLogger("bench_vae")
 
@@ -78,7 +79,7 @@ def main() -> None:
         ap.error("--micro-batches must not be negative and --repeats must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     engine = VideoSysEngine("opensora", weights=args.weights, device=args.device, progress=False)
-    pipeline = engine.load()._executor.pipeline  # the local executor's pipeline: one process
+    pipeline = local_pipeline(engine)
     vae, device = pipeline.vae, torch.device(args.device)
     t, h, w = vae.latent_size(args.frames, args.height, args.width)
     z = torch.randn(1, vae.out_channels, t, h, w, generator=torch.Generator().manual_seed(0)).to(device, pipeline.dtype)

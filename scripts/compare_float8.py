@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from videosys import VideoSysEngine
+from videosys.bench.capture import local_pipeline
 from videosys.quality.metrics import psnr, ssim
 
 logger = logging.getLogger("compare_float8")
@@ -24,7 +25,7 @@ logger = logging.getLogger("compare_float8")
 
 def first_call_output(engine: VideoSysEngine, request: Any) -> tuple[Any, torch.Tensor]:
     """Generate ``request``; also return the denoiser's output of its first call."""
-    transformer = engine.load()._executor.pipeline.transformer
+    transformer = local_pipeline(engine).transformer
     outputs: list[torch.Tensor] = []
 
     def keep_first(module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
@@ -54,7 +55,7 @@ def main() -> None:
         request = engine.make_request(args.prompt, pab="none", seed=args.seed, **overrides)
         engine.generate_requests([request])  # warm-up
         plain, plain_call = first_call_output(engine, request)
-        engine.load()._executor.pipeline.enable_float8()
+        local_pipeline(engine).enable_float8()
         engine.generate_requests([request])  # warm-up
         fp8, fp8_call = first_call_output(engine, request)
     report = {

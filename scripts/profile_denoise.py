@@ -26,7 +26,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from videosys import VideoSysEngine
-from videosys.bench.capture import capture_denoiser_call
+from videosys.bench.capture import capture_denoiser_call, local_pipeline
 from videosys.models.layers.folded_attention import use_folded_cross_attention
 
 logger = logging.getLogger("profile")
@@ -97,7 +97,7 @@ def main() -> None:
     engine = VideoSysEngine(args.model, weights=args.weights or None, device=args.device, progress=False,
                             compile=args.compile, fused_kernels=not args.no_fused, float8=args.float8)
     if args.no_fold:
-        use_folded_cross_attention(engine._executor.pipeline.transformer, False)
+        use_folded_cross_attention(local_pipeline(engine).transformer, False)
     if args.denoiser_only:
         profile_denoiser(engine, args.prompt, args.calls, args.top, args.trace)
         return

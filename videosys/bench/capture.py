@@ -1,4 +1,5 @@
-"""One denoiser call's inputs, captured from a short request, for the scripts that time the denoiser alone."""
+"""The engine's in-process pipeline, and one denoiser call's inputs captured from a short request, for the
+benchmark harness and the scripts that time the denoiser alone."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["capture_denoiser_call"]
+__all__ = ["capture_denoiser_call", "local_pipeline"]
+
+
+def local_pipeline(engine: Any) -> Any:
+    """The pipeline of an engine that runs in this process (one rank), loaded."""
+    return engine.load()._executor.pipeline
 
 
 def capture_denoiser_call(engine: Any, prompt: str, **request_fields: Any) -> tuple[torch.nn.Module, tuple,
@@ -14,8 +20,7 @@ def capture_denoiser_call(engine: Any, prompt: str, **request_fields: Any) -> tu
     """The denoiser of ``engine``'s local pipeline and the arguments of its first call in a request of the
     fewest steps the model allows (PAB off, the PAB run argument dropped; ``request_fields``: other request
     fields, e.g. ``frames``)."""
-    pipeline = engine.load()._executor.pipeline  # the local executor's pipeline: one process
-    denoiser = pipeline.transformer
+    denoiser = local_pipeline(engine).transformer
     captured: dict[str, Any] = {}
 
     def grab(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:

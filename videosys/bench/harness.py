@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from .capture import local_pipeline
+
 logger = logging.getLogger(__name__)
 
 STAGES = ("text_encoder", "denoise", "vae_decode", "total")
@@ -186,11 +188,6 @@ class _FirstCallFlops:
         self._handles = []
 
 
-def _pipeline(engine: Any) -> Any:
-    """The engine's in-process pipeline (one rank)."""
-    return engine.load()._executor.pipeline
-
-
 def run_bench(model: str, *, pab: Sequence[str] | None = None, repeats: int = 3, warmup: int = 1,
               overrides: dict[str, Any] | None = None, device: str = "cuda", dtype: str | None = None,
               weights: str = "random", prompt: str | None = None,
@@ -228,7 +225,7 @@ def _bench(engine: Any, pab: Sequence[str] | None, repeats: int, warmup: int, ov
     calls = 0
     call_flops = executed_flops = 0
     if local:
-        pipeline = _pipeline(engine)
+        pipeline = local_pipeline(engine)
         denoiser = pipeline.transformer
         counter = _FirstCallFlops(denoiser, unfolded=True)  # the model's work: the floor
         executed = _FirstCallFlops(denoiser, skip_calls=1)  # the work one call runs

@@ -11,15 +11,17 @@ import torch
 
 
 def cuda_timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
-    """Seconds of each of ``repeats`` calls of ``fn``, after ``warmup`` untimed calls (compilation, caches)."""
+    """Seconds of each of ``repeats`` calls of ``fn``, after ``warmup`` untimed calls (compilation, caches);
+    without CUDA (a CPU dry run) the wall clock alone."""
+    synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    synchronize()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        synchronize()
         times.append(time.perf_counter() - start)
     return times
 
